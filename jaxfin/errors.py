@@ -1,0 +1,32 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """Bad input (data, config, checkpoint, CLI argument); the message names the file/line/key/tensor."""
+
+
+def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Runs `main(argv)`; turns UserError (and bad-file OSErrors) into `error: ...` on stderr and exit code 2.
+    With `--debug` in argv the exception propagates with its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = main(argv)
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        msg = str(e) if isinstance(e, UserError) else f"{e.filename}: {e.strerror}"
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
