@@ -86,6 +86,8 @@ class ModelConfig:
             )
         if hf.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (only silu)")
+        if hf.get("use_sliding_window"):
+            raise ValueError("unsupported use_sliding_window=true (sliding-window attention is not implemented)")
         rope_params = dict(hf.get("rope_parameters") or {})
         if "rope_theta" not in rope_params:
             scaling = hf.get("rope_scaling") or {}

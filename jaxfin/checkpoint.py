@@ -1,0 +1,171 @@
+"""jaxfin model checkpoints (orbax), and `load_model`, which opens any model path the CLIs accept.
+
+A jaxfin checkpoint directory:
+
+  CKPT/jaxfin_model.json   format tag, ModelConfig, the source config.json and generation_config.json, LoRA config
+  CKPT/params/             orbax StandardCheckpointer: the base params pytree (model.py layout)
+  CKPT/lora/               orbax, optional: LoRA adapters (lora.py layout)
+  CKPT/tokenizer/          the source's tokenizer files, byte for byte
+
+A model path is one of: a transformers model directory (config.json + safetensors), a jaxfin checkpoint, or a
+training workdir (jaxfin.workdir: the base model it records plus the adapters of its latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxfin import convert
+from jaxfin.errors import UserError
+from jaxfin.model import ModelConfig, Params, param_specs
+
+MODEL_JSON = "jaxfin_model.json"
+FORMAT = "jaxfin-model"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: params (and adapters) plus everything needed to run and re-export it."""
+
+    params: Params
+    cfg: ModelConfig
+    hf_config: dict
+    generation_config: dict
+    tokenizer_dir: str | None
+    lora: Params | None = None
+    lora_config: Any = None  # jaxfin.lora.LoraConfig
+    source: str = ""  # absolute path it was loaded from
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Stop ids: `eos_token_id` of generation_config.json, else of config.json (an int or a list)."""
+        for config in (self.generation_config, self.hf_config):
+            eos = (config or {}).get("eos_token_id")
+            if eos is not None:
+                return tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        return ()
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        return convert.tokenizer_files(self.tokenizer_dir) if self.tokenizer_dir else {}
+
+    def tokenizer(self) -> Any:
+        """transformers.AutoTokenizer over the model's tokenizer files (no remote code), or None without any."""
+        if not self.tokenizer_dir:
+            return None
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.tokenizer_dir}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+
+
+def save_model(
+    out_dir: str | os.PathLike,
+    params: Params,
+    cfg: ModelConfig,
+    *,
+    hf_config: Mapping[str, Any],
+    generation_config: Mapping[str, Any] | None,
+    tokenizer_files: Mapping[str, bytes],
+    lora: Params | None = None,
+    lora_config: Any = None,
+    source: str | None = None,
+) -> None:
+    """Writes a jaxfin checkpoint (layout above) into a temp dir beside `out_dir`, renamed into place at the end
+    (replacing `out_dir` if it exists)."""
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dataclasses.asdict(cfg),
+        "hf_config": dict(hf_config),
+        "generation_config": dict(generation_config or {}),
+        "lora_config": None if lora_config is None else lora_config.to_dict(),
+        "source": source,
+    }
+    with convert.atomic_dir(out_dir) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", params)
+            if lora is not None:
+                ckptr.save(tmp / "lora", lora)
+            ckptr.wait_until_finished()
+        if tokenizer_files:
+            # config.json beside the tokenizer files: transformers 5 picks the tokenizer class from its model_type,
+            # so the tokenizer then loads exactly as it does from the source HF directory.
+            convert.write_files(tmp / "tokenizer", {**tokenizer_files, "config.json": json.dumps(dict(hf_config)).encode()})
+        (tmp / MODEL_JSON).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / MODEL_JSON).is_file()
+
+
+def _restore(path: Path, expected: Params | None, dtype: Any, shardings: Params | None) -> Params:
+    """Restores an orbax pytree, cast to `dtype` (default: as stored) and placed per `shardings` (default: the
+    first device). `expected` ((shape, axes) specs) guards against a checkpoint of another model."""
+    if not path.is_dir():
+        raise UserError(f"{path}: missing (incomplete jaxfin checkpoint)")
+    with ocp.StandardCheckpointer() as ckptr:
+        stored = ckptr.metadata(path).item_metadata.tree
+        if expected is not None:
+            want = jax.tree.map(lambda s: tuple(s[0]), expected, is_leaf=lambda x: isinstance(x, tuple))
+            have = jax.tree.map(lambda m: tuple(m.shape), stored)
+            if want != have:
+                raise UserError(f"{path}: stored params do not match the model config in {MODEL_JSON}")
+        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = shardings if shardings is not None else jax.tree.map(lambda _: default, stored)
+        like = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, jnp.dtype(dtype or m.dtype), sharding=s),
+                            stored, shardings)
+        return ckptr.restore(path, like)
+
+
+def _load_checkpoint(path: Path, dtype: Any, shardings: Params | None) -> Model:
+    record = convert.read_json(path / MODEL_JSON)
+    if record.get("format") != FORMAT or record.get("version", 0) > VERSION:
+        raise UserError(f"{path / MODEL_JSON}: not a jaxfin model checkpoint of version <= {VERSION}")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in record["model_config"].items() if k in known})
+    params = _restore(path / "params", param_specs(cfg), dtype, shardings)
+    lora = lora_config = None
+    if record.get("lora_config") is not None:
+        from jaxfin.lora import LoraConfig
+
+        lora_config = LoraConfig.from_dict(record["lora_config"])
+        lora = _restore(path / "lora", None, None, None)
+    tokenizer_dir = path / "tokenizer"
+    return Model(params, cfg.replace(dtype=str(params["embed_VD"].dtype)), record["hf_config"],
+                 record.get("generation_config") or {}, str(tokenizer_dir) if tokenizer_dir.is_dir() else None,
+                 lora, lora_config, str(path.absolute()))
+
+
+def load_model(
+    path: str | os.PathLike, *, dtype: Any = None, shardings: Params | None = None, progress: bool = False
+) -> Model:
+    """Opens an HF model directory, a jaxfin checkpoint, or a training workdir (its latest checkpoint's adapters on
+    the base model the workdir records). Params are cast to `dtype` (default: as stored) and the compute dtype
+    `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params) places them."""
+    p = Path(path).absolute()  # orbax needs absolute paths
+    if not p.is_dir():
+        raise UserError(f"{path}: no such model directory")
+    if is_checkpoint(p):
+        return _load_checkpoint(p, dtype, shardings)
+    if (p / "config.json").is_file():
+        params, cfg, hf_config = convert.load_hf(p, dtype=dtype, shardings=shardings, progress=progress)
+        return Model(params, cfg, hf_config, convert.read_generation_config(p) or {},
+                     str(p) if convert.has_tokenizer(p) else None, source=str(p.absolute()))
+    from jaxfin import workdir  # the training side imports this module; import lazily
+
+    if workdir.is_workdir(str(p)):
+        lora, lora_config, base_path, step = workdir.load_adapters(str(p))
+        base = load_model(base_path, dtype=dtype, shardings=shardings, progress=progress)
+        return dataclasses.replace(base, lora=lora, lora_config=lora_config, source=str(p.absolute()))
+    raise UserError(f"{path}: not a model directory (no config.json, {MODEL_JSON} or {workdir.RUN_JSON})")
