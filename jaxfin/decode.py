@@ -1,0 +1,201 @@
+"""Greedy decoding: a jitted prefill over right-padded prompts, then an on-device `lax.while_loop` over a KV cache.
+
+The KV-cache layout follows model.decoder: every row writes its keys/values at its own absolute positions, and a
+query at position p sees cache slots s <= p. So a batch of prompts of different lengths is right-padded, the
+first new token of each row is read at its last real position, and row r's i-th new token is fed back at
+position len_r + i. Padding slots beyond a row's position hold garbage that is masked until it is overwritten.
+
+Shapes are bucketed to powers of two (prompt length >= 16, new tokens >= 16, batch <= batch_size, stop ids >= 8)
+and prompts are sorted by length, so a run compiles once per (batch, prompt, new-token) bucket, not per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxfin import model
+from jaxfin.errors import UserError
+from jaxfin.model import ModelConfig, Params
+
+PAD_ID = -1  # written after a row has finished; never a real token id
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]  # the generated tokens, without the stop token
+    finish_reason: Literal["stop", "length"]
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return 1 << (max(n, minimum) - 1).bit_length()
+
+
+def _next_token(params: Params, h_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Argmax over the vocabulary of the hidden states h [B, 1, D] -> [B] int32."""
+    return jnp.argmax(model.logits(params, h_BTD, cfg)[:, 0], axis=-1).astype(jnp.int32)
+
+
+def prefill(
+    params: Params,
+    lora: Params | None,
+    lora_scale: jax.Array,
+    tokens_BT: jax.Array,
+    lengths_B: jax.Array,
+    *,
+    cfg: ModelConfig,
+    cache_len: int,
+) -> tuple[jax.Array, Params]:
+    """Runs the right-padded prompts through the decoder into a fresh cache of `cache_len` slots.
+    Returns (the first new token of each row [B], the cache)."""
+    B, T = tokens_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cache = model.init_cache(cfg, B, cache_len)
+    h_BTD, cache = model.decoder(params, model.embed(params, tokens_BT, cfg), positions_BT, cfg, lora=lora,
+                                 lora_scale=lora_scale, cache=cache)
+    # Only the last real position of each row needs logits: [B, T, V] never exists.
+    last_B1D = jnp.take_along_axis(h_BTD, (lengths_B - 1)[:, None, None], axis=1)
+    return _next_token(params, last_B1D, cfg), cache
+
+
+def decode_loop(
+    params: Params,
+    lora: Params | None,
+    lora_scale: jax.Array,
+    cache: Params,
+    first_B: jax.Array,
+    lengths_B: jax.Array,
+    done_B: jax.Array,
+    max_new: jax.Array,
+    stop_ids: jax.Array,
+    *,
+    cfg: ModelConfig,
+    n_bucket: int,
+) -> jax.Array:
+    """Generates up to `max_new` (<= n_bucket) tokens per row after `first_B`, one per step for every row, until
+    every row has produced a stop id. Rows already done (`done_B`: padding rows) or finished write PAD_ID.
+    Returns the tokens [B, n_bucket], first_B and the stop tokens included."""
+    B = first_B.shape[0]
+    out_BN = jnp.full((B, n_bucket), PAD_ID, jnp.int32).at[:, 0].set(jnp.where(done_B, PAD_ID, first_B))
+    done_B = done_B | jnp.isin(first_B, stop_ids)
+
+    def cond(state: tuple) -> jax.Array:
+        i, _, done_B, _, _ = state
+        return (i < max_new) & ~jnp.all(done_B)
+
+    def body(state: tuple) -> tuple:
+        i, tok_B, done_B, out_BN, cache = state
+        positions_B1 = (lengths_B + i - 1)[:, None]
+        h_B1D, cache = model.decoder(params, model.embed(params, tok_B[:, None], cfg), positions_B1, cfg,
+                                     lora=lora, lora_scale=lora_scale, cache=cache)
+        next_B = _next_token(params, h_B1D, cfg)
+        out_BN = jax.lax.dynamic_update_slice(out_BN, jnp.where(done_B, PAD_ID, next_B)[:, None], (0, i))
+        done_B = done_B | jnp.isin(next_B, stop_ids)
+        return i + 1, next_B, done_B, out_BN, cache
+
+    state = (jnp.int32(1), first_B, done_B, out_BN, cache)
+    return jax.lax.while_loop(cond, body, state)[3]
+
+
+def _completion(row: np.ndarray, stop: set[int]) -> Completion:
+    for j, t in enumerate(row.tolist()):
+        if t in stop:
+            return Completion(row[:j].tolist(), "stop")
+    return Completion(row.tolist(), "length")
+
+
+def _generated(c: Completion) -> int:
+    """Tokens the model produced for `c`, its stop token included."""
+    return len(c.token_ids) + (c.finish_reason == "stop")
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig) -> None:
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise UserError(f"prompt {i} is empty")
+        if len(p) > cfg.max_position_embeddings:
+            raise UserError(f"prompt {i} has {len(p)} tokens, more than the model's max_position_embeddings "
+                            f"({cfg.max_position_embeddings})")
+        lo, hi = min(p), max(p)
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise UserError(f"prompt {i} has token id {lo if lo < 0 else hi} outside the vocabulary "
+                            f"[0, {cfg.vocab_size})")
+
+
+def greedy(
+    params: Params,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    batch_size: int = 8,
+    lora: Params | None = None,
+    lora_scale: float = 1.0,
+    verbose: bool = False,
+) -> list[Completion]:
+    """Greedy continuations of `prompts` (token id lists), in input order, as transformers'
+    `generate(do_sample=False)` computes them one prompt at a time. A row stops at the first of `stop_ids`
+    (excluded from its tokens, finish_reason "stop") or after `max_new_tokens` ("length")."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise UserError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
+    _check_prompts(prompts, cfg)
+    if not prompts:
+        return []
+    stop_set = set(stop_ids)
+    stop = np.full(bucket(len(stop_set), 8), PAD_ID, np.int32)  # padded: any few stop ids share one compile
+    stop[: len(stop_set)] = sorted(stop_set)
+    n_bucket = bucket(max_new_tokens, 16)
+    scale = jnp.float32(lora_scale)
+    prefill_fn = jax.jit(prefill, static_argnames=("cfg", "cache_len"))
+    loop_fn = jax.jit(decode_loop, static_argnames=("cfg", "n_bucket"))
+
+    # Longest first: similar lengths share a batch (less padding), and running out of memory happens at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[Completion | None] = [None] * len(prompts)
+    shapes: set[tuple[int, int]] = set()
+    t_prefill, n_prompt, t_warm, n_warm, t0 = 0.0, 0, 0.0, 0, time.perf_counter()
+    for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not verbose,
+                      file=sys.stderr):
+        idx = order[start: start + batch_size]
+        B = min(bucket(len(idx), 1), batch_size)
+        T = bucket(max(len(prompts[i]) for i in idx), 16)
+        tokens_BT = np.zeros((B, T), np.int32)
+        lengths_B = np.ones(B, np.int32)
+        done_B = np.ones(B, bool)  # padding rows start done, so they never keep the loop running
+        for r, i in enumerate(idx):
+            tokens_BT[r, : len(prompts[i])] = prompts[i]
+            lengths_B[r], done_B[r] = len(prompts[i]), False
+        warm = (B, T) in shapes  # this shape compiled earlier in the run
+        shapes.add((B, T))
+        t1 = time.perf_counter()
+        first_B, cache = prefill_fn(params, lora, scale, tokens_BT, lengths_B, cfg=cfg, cache_len=T + n_bucket)
+        if verbose:
+            first_B.block_until_ready()
+            t_prefill += time.perf_counter() - t1
+            n_prompt += int(lengths_B[~done_B].sum())
+        out_BN = loop_fn(params, lora, scale, cache, first_B, lengths_B, done_B, jnp.int32(max_new_tokens), stop,
+                         cfg=cfg, n_bucket=n_bucket)
+        out_BN = np.asarray(out_BN)[:, :max_new_tokens]
+        for r, i in enumerate(idx):
+            results[i] = _completion(out_BN[r], stop_set)
+        if warm:
+            t_warm += time.perf_counter() - t1
+            n_warm += sum(_generated(results[i]) for i in idx)
+    if verbose:
+        dt = time.perf_counter() - t0
+        n_new = sum(_generated(c) for c in results)
+        msg = (f"decode: {len(prompts)} prompts, {n_new} new tokens in {dt:.2f} s = {n_new / dt:.1f} tokens/s "
+               f"(prefill of {n_prompt} prompt tokens {t_prefill:.2f} s; {len(shapes)} batch shapes compiled")
+        if n_warm:
+            msg += f"; {n_warm / t_warm:.1f} tokens/s over the batches that did not compile"
+        print(msg + ")", file=sys.stderr)
+    return results  # type: ignore[return-value]
