@@ -1,0 +1,235 @@
+"""jaxfin.evaluate: metrics on a hand-built set with known answers, seqeval placement, bootstrap, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxfin import evaluate, ner
+from jaxfin.errors import UserError
+
+DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fire_financial_ner",
+                   "fire_dev_7types.jsonl")
+TYPES = ["Company", "Date", "Money", "Person"]
+
+
+def ents(**kw):
+    return {t: kw.get(t) for t in TYPES}
+
+
+# Each example exercises one rule; the expected counts are worked out in the comments.
+GOLD = [
+    # whitespace variant, NFKC (fullwidth G in the text), a gold duplicate after normalisation; TP 3, FN 1 (Money)
+    {"id": "a", "text": "Apple Inc. sued \uff27oogle in March 2020 for $5 million .",
+     "entities": ents(Company=["Apple Inc.", "Google", "Apple  Inc."], Date=["March 2020"], Money=["$5 million"])},
+    # case is kept: "Apple" != "apple" (FP + FN); Person has no gold anywhere (support 0, FP 1)
+    {"id": "b", "text": "Tim Cook met apple staff .", "entities": ents(Company=["apple"])},
+    # empty gold: every prediction is a FP
+    {"id": "c", "text": "Nothing here .", "entities": ents()},
+    # wrong type: Amazon predicted as Money -> FP Money + FN Company
+    {"id": "d", "text": "Amazon paid $3 .", "entities": ents(Company=["Amazon"], Money=["$3"])},
+    # parse failure (truncated, stopped at max_new_tokens): FN 1
+    {"id": "e", "text": "IBM rose .", "entities": ents(Company=["IBM"])},
+]
+PRED_A = {"Company": ["Apple \n Inc.", "\uff27oogle", "Apple Inc."], "Date": "March 2020", "Money": None,
+          "Location": ["Cupertino"]}  # extra type Location: FP, not a per-type row
+COMPLETIONS = {
+    "a": "reasoning...</think>\n\n```json\n" + json.dumps(PRED_A, ensure_ascii=False) + "\n```",
+    "b": '{"Company": ["Apple"], "Person": ["Tim Cook"]}',
+    "c": "<think>none?</think>\n\n" + '{"Date": ["here"]}',
+    "d": '{"Money": ["Amazon", "$3"], "Company": []}',
+    "e": '{"Company": ["IB',
+}
+
+
+def predictions():
+    return [{"completion": COMPLETIONS[ex["id"]], "entities": ner.parse_completion(COMPLETIONS[ex["id"]]),
+             "finish_reason": "length" if ex["id"] == "e" else "stop"} for ex in GOLD]
+
+
+def test_hand_built_metrics():
+    m = evaluate.score(GOLD, predictions())
+    assert list(m) == list(evaluate.METRIC_KEYS) and m["n_examples"] == 5
+    # TP 4 (a: 3, d: 1), FP 5 (a: Location, b: Apple + Tim Cook, c: here, d: Amazon), FN 4 (a, b, d, e)
+    assert m["micro_precision"] == pytest.approx(4 / 9) and m["micro_recall"] == pytest.approx(4 / 8)
+    assert m["micro_f1"] == pytest.approx(8 / 17)
+    pt = m["per_type"]
+    assert list(pt) == TYPES  # the extra predicted type is a FP, never a row
+    assert pt["Company"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 5, "f1": 0.5, "support": 5})
+    assert pt["Date"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert pt["Money"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert pt["Person"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)  # Person (support 0) left out
+    assert m["parse_failure_rate"] == pytest.approx(0.2) and m["overlength_rate"] == pytest.approx(0.2)
+    # seqeval: gold 8 located entities, 7 predicted (Cupertino and "Apple" have no occurrence), TP 4
+    s = m["seqeval"]
+    assert s["micro_f1"] == pytest.approx(8 / 15)
+    assert s["per_type"]["Company"] == pytest.approx({"precision": 1.0, "recall": 0.4, "f1": 4 / 7, "support": 5})
+    assert s["per_type"]["Person"]["support"] == 0 and "Location" not in s["per_type"]
+    assert s["macro_f1"] == pytest.approx((4 / 7 + 2 / 3 + 0.5 + 0.0) / 4)  # seqeval's macro: every seen label
+    lo, hi = m["micro_f1_ci95"]
+    assert 0.0 <= lo <= m["micro_f1"] <= hi <= 1.0
+
+
+def test_prediction_rows_list_errors_per_example():
+    rows = {r["id"]: r for r in evaluate.prediction_rows(GOLD, predictions())}
+    assert rows["a"]["fp"] == [["Location", "Cupertino"]] and rows["a"]["fn"] == [["Money", "$5 million"]]
+    assert rows["a"]["entities"]["Date"] == ["March 2020"]  # single string -> list
+    assert rows["d"]["fp"] == [["Money", "Amazon"]] and rows["d"]["fn"] == [["Company", "Amazon"]]
+    assert rows["e"]["entities"] is None and rows["e"]["fn"] == [["Company", "IBM"]]
+    assert rows["e"]["finish_reason"] == "length" and rows["e"]["completion"] == COMPLETIONS["e"]
+    # seqeval cannot see these: no occurrence in the text (Cupertino), or only in another case (Apple)
+    assert rows["a"]["unplaced_pred"] == [["Location", "Cupertino"]]
+    assert rows["b"]["unplaced_pred"] == [["Company", "Apple"]]
+    assert all(r["unplaced_gold"] == [] for r in rows.values())
+
+
+def test_perfect_predictions_score_one_everywhere():
+    gold = ner.load_examples(DEV)
+    m = evaluate.score(gold, [{"entities": ex["entities"], "finish_reason": "stop"} for ex in gold])
+    assert m["micro_f1"] == m["micro_precision"] == m["micro_recall"] == m["macro_f1"] == 1.0
+    assert m["micro_f1_ci95"] == [1.0, 1.0]
+    assert all(v["f1"] == 1.0 and v["support"] > 0 for v in m["per_type"].values())
+    assert m["seqeval"]["micro_f1"] == m["seqeval"]["macro_f1"] == 1.0
+    assert all(v["f1"] == 1.0 for v in m["seqeval"]["per_type"].values())
+    assert m["parse_failure_rate"] == m["overlength_rate"] == 0.0
+
+
+def test_no_entities_at_all_scores_zero_not_nan():
+    gold = [{"id": "x", "text": "nothing", "entities": {"Company": None}}]
+    m = evaluate.score(gold, [{"entities": {}}])
+    assert m["micro_f1"] == m["macro_f1"] == m["seqeval"]["micro_f1"] == m["seqeval"]["macro_f1"] == 0.0
+
+
+def test_iob2_placement_longer_first_every_occurrence_no_overlap():
+    tags, unplaced = evaluate.iob2_tags("A B C A B".split(), {("X", "A B"), ("Y", "B C"), ("Z", "A")})
+    assert tags == ["B-X", "I-X", "O", "B-X", "I-X"]
+    assert sorted(unplaced) == [("Y", "B C"), ("Z", "A")]
+
+
+def test_bootstrap_brackets_the_estimate_and_is_reproducible():
+    gold = ner.load_examples(DEV)
+    preds = [{"entities": {t: [m for j, m in enumerate(v or ()) if (i + j) % 3] for t, v in ex["entities"].items()}}
+             for i, ex in enumerate(gold)]
+    m = evaluate.score(gold, preds)
+    lo, hi = m["micro_f1_ci95"]
+    assert lo < m["micro_f1"] < hi and hi - lo < 0.1
+    # a test set too large for one [resamples, N] index array goes through the chunked path
+    rng = np.random.default_rng(1)
+    tp, fp, fn = rng.integers(0, 4, (3, 20_000))
+    lo, hi = evaluate.bootstrap_f1(tp, fp, fn)
+    point = evaluate.prf(tp.sum(), fp.sum(), fn.sum())[2]
+    assert lo < point < hi and hi - lo < 0.02 and [lo, hi] == evaluate.bootstrap_f1(tp, fp, fn)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return str(path)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "jaxfin.evaluate", *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_predictions_cli_end_to_end(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
+    lines = [{"id": ex["id"], "completion": COMPLETIONS[ex["id"]]} for ex in GOLD if ex["id"] != "b"]
+    lines.insert(1, {"id": "b", "entities": {"Company": ["Apple"], "Person": "Tim Cook"}})  # parsed elsewhere
+    lines[-1]["finish_reason"] = "length"
+    out = tmp_path / "out"
+    proc = run_cli("--predictions", write_jsonl(tmp_path / "pred.jsonl", lines), "--data", gold, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "micro F1 0.4706" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(evaluate.METRIC_KEYS)
+    assert metrics["micro_f1"] == pytest.approx(8 / 17) and metrics["overlength_rate"] == pytest.approx(0.2)
+    assert set(metrics["per_type"]["Company"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["seqeval"]) == {"micro_f1", "macro_f1", "per_type"}
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [ex["id"] for ex in GOLD]
+    assert {"id", "completion", "entities", "fp", "fn"} <= set(rows[0])
+    report = (out / "report.md").read_text()
+    assert f"]({evaluate.CHART})" in report and "| Company | 5 |" in report
+    assert "0 gold and 2 predicted mentions had no free occurrence" in report
+    assert (out / evaluate.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    # our own predictions.jsonl scores the same when fed back
+    again = tmp_path / "again"
+    assert evaluate.main(["--predictions", str(out / "predictions.jsonl"), "--data", gold, "--out", str(again)]) == 0
+    assert json.loads((again / "metrics.json").read_text()) == metrics
+
+
+def test_predictions_cli_id_mismatch_is_one_line(tmp_path):
+    gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
+    lines = [{"id": ex["id"], "completion": "{}"} for ex in GOLD[:3]] + [{"id": "zz", "completion": "{}"}]
+    proc = run_cli("--predictions", write_jsonl(tmp_path / "p.jsonl", lines), "--data", gold, "--out",
+                   str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "1 not in the gold data (first 'zz'), 2 gold ids without a prediction (first 'd')" in proc.stderr
+
+
+@pytest.mark.parametrize("line,message", [
+    ({"completion": "{}"}, r"p.jsonl:1: no 'id' field"),
+    ({"id": "a"}, r"p.jsonl:1: needs 'completion'"),
+    ({"id": "a", "entities": ["Apple"]}, r"p.jsonl:1: 'entities' must be"),
+])
+def test_bad_prediction_lines(tmp_path, line, message):
+    with pytest.raises(UserError, match=message):
+        evaluate.load_predictions(write_jsonl(tmp_path / "p.jsonl", [line]), GOLD)
+
+
+def test_max_examples_needs_model(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--predictions", "p", "--data", "g", "--out", "o", "--max-examples", "3"])
+    assert e.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """synthetic.py's tiny assets (random Llama with an R1-style tokenizer, canonical NER JSONL), loaded by H1's
+    checkpoint.load_model exactly as the CLI loads them."""
+    from jaxfin import synthetic
+    from jaxfin.checkpoint import load_model
+
+    assets = synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("tiny")))
+    return assets, load_model(assets.model)
+
+
+def test_evaluate_model_wires_prompts_decoder_and_parser(tiny):
+    """Completions equal decode.greedy on the same chat-template prompts, decoded with the think tags kept."""
+    from jaxfin import data, decode
+
+    assets, model = tiny
+    tok, examples = model.tokenizer(), ner.load_examples(assets.eval)[:3]
+    types = ner.entity_types(examples)
+    preds = evaluate.evaluate_model(model, examples, max_new_tokens=6, batch_size=2, types=types)
+    prompts = [data.prompt_ids(tok, ner.prompt_messages(*ner.to_triple(ex, types)[:2])) for ex in examples]
+    assert tok.decode(prompts[0]).endswith("<｜Assistant｜><think>\n")
+    direct = decode.greedy(model.params, model.cfg, prompts, max_new_tokens=6, stop_ids=model.eos_ids, batch_size=2)
+    assert [p["completion"] for p in preds] == [tok.decode(c.token_ids, skip_special_tokens=False) for c in direct]
+    assert [p["finish_reason"] for p in preds] == [c.finish_reason for c in direct]
+    assert all(p["entities"] == ner.parse_completion(p["completion"]) for p in preds)
+    # the training target (data.py's think policy) parses back to exactly the target JSON
+    instruction, text, output = ner.to_triple(examples[0], types)
+    target = data.target_text(tok, ner.prompt_messages(instruction, text), output)
+    assert target.startswith("</think>\n\n") and ner.parse_completion(target) == json.loads(output)
+
+
+def test_model_cli_path(tiny, tmp_path):
+    """--model PATH with --max-examples: generate, then score, on the tiny HF model directory."""
+    assets, _ = tiny
+    out = tmp_path / "out"
+    assert evaluate.main(["--model", assets.model, "--data", assets.eval, "--out", str(out), "--max-examples", "3",
+                          "--max-new-tokens", "6", "--batch-size", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    gold = ner.load_examples(assets.eval)
+    assert metrics["n_examples"] == 3 and list(metrics["per_type"]) == ner.entity_types(gold)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [ex["id"] for ex in gold[:3]]
+    assert all(r["finish_reason"] in ("stop", "length") for r in rows)
+    assert f"- model: `{assets.model}`" in (out / "report.md").read_text()
