@@ -44,6 +44,7 @@ class Model:
     lora: Params | None = None
     lora_config: Any = None  # jaxfin.lora.LoraConfig
     source: str = ""  # absolute path it was loaded from
+    base_model_name_or_path: str = ""  # the base model's hub id or path, as exports record it (PEFT's field)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -80,9 +81,11 @@ def save_model(
     lora: Params | None = None,
     lora_config: Any = None,
     source: str | None = None,
+    base_model_name_or_path: str | None = None,
 ) -> None:
     """Writes a jaxfin checkpoint (layout above) into a temp dir beside `out_dir`, renamed into place at the end
-    (replacing `out_dir` if it exists)."""
+    (replacing `out_dir` if it exists). `base_model_name_or_path` (default: `source`) is the base model's id that
+    a PEFT export of the adapters records."""
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -91,6 +94,7 @@ def save_model(
         "generation_config": dict(generation_config or {}),
         "lora_config": None if lora_config is None else lora_config.to_dict(),
         "source": source,
+        "base_model_name_or_path": base_model_name_or_path or source,
     }
     with convert.atomic_dir(out_dir) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
@@ -129,22 +133,67 @@ def _restore(path: Path, expected: Params | None, dtype: Any, shardings: Params 
 
 
 def _load_checkpoint(path: Path, dtype: Any, shardings: Params | None) -> Model:
-    record = convert.read_json(path / MODEL_JSON)
-    if record.get("format") != FORMAT or record.get("version", 0) > VERSION:
-        raise UserError(f"{path / MODEL_JSON}: not a jaxfin model checkpoint of version <= {VERSION}")
+    record = _read_record(path)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     cfg = ModelConfig(**{k: v for k, v in record["model_config"].items() if k in known})
     params = _restore(path / "params", param_specs(cfg), dtype, shardings)
-    lora = lora_config = None
-    if record.get("lora_config") is not None:
-        from jaxfin.lora import LoraConfig
-
-        lora_config = LoraConfig.from_dict(record["lora_config"])
-        lora = _restore(path / "lora", None, None, None)
+    lora, lora_config = _checkpoint_adapters(path, record)
     tokenizer_dir = path / "tokenizer"
     return Model(params, cfg.replace(dtype=str(params["embed_VD"].dtype)), record["hf_config"],
                  record.get("generation_config") or {}, str(tokenizer_dir) if tokenizer_dir.is_dir() else None,
-                 lora, lora_config, str(path.absolute()))
+                 lora, lora_config, str(path.absolute()), _base_id(record))
+
+
+def _read_record(path: Path) -> dict:
+    record = convert.read_json(path / MODEL_JSON)
+    if record.get("format") != FORMAT or record.get("version", 0) > VERSION:
+        raise UserError(f"{path / MODEL_JSON}: not a jaxfin model checkpoint of version <= {VERSION}")
+    return record
+
+
+def _checkpoint_adapters(path: Path, record: dict) -> tuple[Params | None, Any]:
+    if record.get("lora_config") is None:
+        return None, None
+    from jaxfin.lora import LoraConfig
+
+    return _restore(path / "lora", None, None, None), LoraConfig.from_dict(record["lora_config"])
+
+
+def _base_id(record: dict) -> str:
+    """The recorded base model id; checkpoints written before the field existed fall back to their source."""
+    return record.get("base_model_name_or_path") or record.get("source") or ""
+
+
+def _workdir_base_id(run: dict) -> str:
+    """A workdir's base model id: the id recorded by the jaxfin checkpoint it trained on, else its own record."""
+    base = Path(run["base_model"])
+    if is_checkpoint(base):
+        return _base_id(_read_record(base))
+    return run.get("base_model_name_or_path") or run["base_model"]
+
+
+def load_adapters(path: str | os.PathLike) -> tuple[Params, Any, ModelConfig, str]:
+    """(lora, LoraConfig, ModelConfig, base model id) of a jaxfin checkpoint with adapters or of a training
+    workdir (its latest checkpoint), without reading the base weights."""
+    p = Path(path).absolute()
+    if is_checkpoint(p):
+        record = _read_record(p)
+        lora, lora_config = _checkpoint_adapters(p, record)
+        if lora is None:
+            raise UserError(f"{path}: the checkpoint has no LoRA adapters")
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        return lora, lora_config, ModelConfig(**{k: v for k, v in record["model_config"].items() if k in known}), \
+            _base_id(record)
+    from jaxfin import workdir
+
+    if workdir.is_workdir(str(p)):
+        run = workdir.read_run(str(p))
+        lora, lora_config, _, _ = workdir.load_adapters(str(p))
+        return lora, lora_config, ModelConfig(**run["model_config"]), _workdir_base_id(run)
+    if p.is_dir() and (p / "config.json").is_file():
+        raise UserError(f"{path}: a transformers model directory has no jaxfin LoRA adapters (expected a jaxfin "
+                        f"checkpoint or a training workdir)")
+    raise UserError(f"{path}: not a jaxfin checkpoint or training workdir")
 
 
 def load_model(
@@ -161,11 +210,13 @@ def load_model(
     if (p / "config.json").is_file():
         params, cfg, hf_config = convert.load_hf(p, dtype=dtype, shardings=shardings, progress=progress)
         return Model(params, cfg, hf_config, convert.read_generation_config(p) or {},
-                     str(p) if convert.has_tokenizer(p) else None, source=str(p.absolute()))
+                     str(p) if convert.has_tokenizer(p) else None, source=str(p.absolute()),
+                     base_model_name_or_path=str(p))
     from jaxfin import workdir  # the training side imports this module; import lazily
 
     if workdir.is_workdir(str(p)):
         lora, lora_config, base_path, step = workdir.load_adapters(str(p))
         base = load_model(base_path, dtype=dtype, shardings=shardings, progress=progress)
-        return dataclasses.replace(base, lora=lora, lora_config=lora_config, source=str(p.absolute()))
+        return dataclasses.replace(base, lora=lora, lora_config=lora_config, source=str(p.absolute()),
+                                   base_model_name_or_path=_workdir_base_id(workdir.read_run(str(p))))
     raise UserError(f"{path}: not a model directory (no config.json, {MODEL_JSON} or {workdir.RUN_JSON})")

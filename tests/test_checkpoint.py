@@ -122,9 +122,10 @@ def test_workdir_path_loads_base_and_adapters(hf_dir, tmp_path, capsys):
     model = checkpoint.load_model(wd)
     assert _equal_trees(model.params, base.params) and _equal_trees(model.lora, adapters)
     assert model.lora_config == lcfg and model.tokenizer_dir == str(hf_dir) and model.source == wd
-    with pytest.raises(SystemExit):  # exporting would silently drop the adapters
+    assert model.base_model_name_or_path == str(hf_dir)
+    with pytest.raises(SystemExit) as e:  # to-hf without --merge-lora: the base alone, with a note
         convert_weights.run_cli(convert_weights.main, ["to-hf", "--checkpoint", wd, "--out", str(tmp_path / "o")])
-    assert "LoRA adapters" in capsys.readouterr().err
+    assert e.value.code == 0 and "LoRA adapters, which are not merged" in capsys.readouterr().err
 
 
 def test_eos_ids_fall_back_to_config():

@@ -1,12 +1,18 @@
-"""Convert model weights between Hugging Face transformers directories and jaxfin checkpoints.
+"""Convert model weights and LoRA adapters between Hugging Face transformers / PEFT and jaxfin.
 
-  python tools/convert_weights.py to-jax --hf-dir HF_DIR --out CKPT_DIR [--dtype bfloat16|float32] [--overwrite]
-  python tools/convert_weights.py to-hf --checkpoint PATH --out HF_DIR [--dtype bfloat16|float32] [--overwrite]
+  python tools/convert_weights.py to-jax  --hf-dir HF_DIR [--peft-adapter ADAPTER_DIR] --out CKPT_DIR [--dtype D]
+  python tools/convert_weights.py to-hf   --checkpoint PATH --out HF_DIR [--merge-lora] [--dtype D]
+  python tools/convert_weights.py to-peft --checkpoint PATH --out ADAPTER_DIR
 
-to-jax writes a jaxfin checkpoint (orbax params + model config + tokenizer files); to-hf writes safetensors shards
-(<= 5 GB each) + index, config.json, generation_config.json and the tokenizer files, loadable by
-transformers.AutoModelForCausalLM.from_pretrained. PATH may be an HF directory, a jaxfin checkpoint or a training
-workdir. --dtype defaults to the dtype stored in the source. A thin layer over jaxfin.convert / jaxfin.checkpoint.
+to-jax writes a jaxfin checkpoint (orbax params + model config + tokenizer files), with --peft-adapter also the
+adapter (a PEFT LoRA adapter for HF_DIR) and its LoRA config. to-hf writes safetensors shards (<= 5 GB each) +
+index, config.json, generation_config.json and the tokenizer files, loadable by
+transformers.AutoModelForCausalLM.from_pretrained; with --merge-lora the adapters are folded in (W + scale * A B
+in f32, rounded once to the output dtype), without it the base alone is written (with a note). to-peft writes
+adapter_config.json + adapter_model.safetensors (f32) for peft.PeftModel.from_pretrained. PATH may be an HF
+directory (to-hf only), a jaxfin checkpoint or a training workdir (its latest checkpoint). --dtype defaults to the
+dtype stored in the source. Every command refuses a non-empty --out unless --overwrite. A thin layer over
+jaxfin.convert / checkpoint / peft_adapter.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from jaxfin import checkpoint, convert
+import jax
+import jax.numpy as jnp
+
+from jaxfin import checkpoint, convert, lora, peft_adapter
 from jaxfin.errors import UserError, run_cli
+from jaxfin.model import Params
 
 DTYPES = ("bfloat16", "float32", "float16")
 
@@ -25,21 +35,30 @@ DTYPES = ("bfloat16", "float32", "float16")
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python tools/convert_weights.py", description=__doc__.split("\n")[0],
                                 epilog="--debug shows the traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{to-jax,to-hf}")
-    jax_p = sub.add_parser("to-jax", help="HF model directory -> jaxfin checkpoint")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{to-jax,to-hf,to-peft}")
+    jax_p = sub.add_parser("to-jax", help="HF model directory (+ PEFT LoRA adapter) -> jaxfin checkpoint")
     jax_p.add_argument("--hf-dir", required=True, help="transformers model directory (config.json + safetensors)")
+    jax_p.add_argument("--peft-adapter", default=None, help="PEFT LoRA adapter directory for --hf-dir to import too")
     hf_p = sub.add_parser("to-hf", help="jaxfin checkpoint / HF dir / training workdir -> HF model directory")
     hf_p.add_argument("--checkpoint", required=True, help="jaxfin checkpoint, HF model dir or training workdir")
+    hf_p.add_argument("--merge-lora", action="store_true", help="fold the LoRA adapters into the weights")
+    peft_p = sub.add_parser("to-peft", help="jaxfin checkpoint with adapters / training workdir -> PEFT adapter")
+    peft_p.add_argument("--checkpoint", required=True, help="jaxfin checkpoint with adapters or training workdir")
     for q in (jax_p, hf_p):
-        q.add_argument("--out", required=True, help="output directory (must be empty or absent)")
         q.add_argument("--dtype", choices=DTYPES, default=None, help="param dtype (default: as stored)")
+    for q in (jax_p, hf_p, peft_p):
+        q.add_argument("--out", required=True, help="output directory (must be empty or absent)")
         q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p.parse_args(argv)
 
 
-def check_out(out: str, overwrite: bool) -> None:
-    """Refuses an existing non-empty --out (or a file) unless --overwrite."""
+def check_out(out: str, overwrite: bool, inputs: Sequence[str | None] = ()) -> None:
+    """Refuses an existing non-empty --out (or a file) unless --overwrite, and an --out that is or holds an input
+    (replacing it would delete what is being read)."""
     path = Path(out)
+    for src in filter(None, inputs):
+        if path.resolve() == Path(src).resolve() or path.resolve() in Path(src).resolve().parents:
+            raise UserError(f"--out {out}: would replace the input {src}; choose another directory")
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -47,28 +66,80 @@ def check_out(out: str, overwrite: bool) -> None:
 
 
 def to_jax(args: argparse.Namespace) -> None:
+    if args.peft_adapter:
+        peft_adapter.read_config(args.peft_adapter)  # refuse an unsupported adapter before reading the model
     params, cfg, hf_config = convert.load_hf(args.hf_dir, dtype=args.dtype, progress=True)
+    source = str(Path(args.hf_dir).absolute())
+    adapters = lcfg = base_id = None
+    if args.peft_adapter:
+        adapters, lcfg, base_id = peft_adapter.load(args.peft_adapter, cfg)
+        adapters = jax.device_put(adapters)
+        print(f"LoRA adapter {args.peft_adapter}: rank {lcfg.rank}, alpha {lcfg.alpha:g}"
+              f"{' (rsLoRA)' if lcfg.rslora else ''}, targets {','.join(lcfg.targets)}", file=sys.stderr)
     print(f"writing jaxfin checkpoint {args.out}", file=sys.stderr)
+    # The adapter's own base id (usually a hub id) is what a later PEFT export should record.
     checkpoint.save_model(args.out, params, cfg, hf_config=hf_config,
                           generation_config=convert.read_generation_config(args.hf_dir),
-                          tokenizer_files=convert.tokenizer_files(args.hf_dir),
-                          source=str(Path(args.hf_dir).absolute()))
+                          tokenizer_files=convert.tokenizer_files(args.hf_dir), lora=adapters, lora_config=lcfg,
+                          source=source, base_model_name_or_path=base_id or source)
+
+
+def _merged_layer(params: Params, adapters: Params, i: jax.Array, lcfg: lora.LoraConfig) -> Params:
+    """lora.merge of layer i alone: {param leaf: [1, ...] merged slice}."""
+    one = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=True)  # noqa: E731
+    leaves = [lora.PROJECTIONS[name][0] for name in adapters["layers"]]
+    merged = lora.merge({"layers": {k: one(params["layers"][k]) for k in leaves}}, jax.tree.map(one, adapters), lcfg)
+    return merged["layers"]
+
+
+def _write_layer(leaf_LX: jax.Array, new_1X: jax.Array, i: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(leaf_LX, new_1X, i, 0)
+
+
+def merge_by_layer(params: Params, adapters: Params, lcfg: lora.LoraConfig) -> Params:
+    """lora.merge one layer at a time, written in place into the (donated) stacked leaves, so the f32 temporaries
+    are one layer's: a whole-model merge of a bf16 model needs about its size again (Qwen2.5-1.5B: export peak RSS
+    9.4 GB whole vs 5.3 GB by layer, 5.5 GB without merging), with bit-identical results."""
+    merge_fn = jax.jit(_merged_layer, static_argnums=3)
+    write_fn = jax.jit(_write_layer, donate_argnums=0)
+    layers = dict(params["layers"])
+    for i in range(next(iter(adapters["layers"].values()))["a"].shape[0]):
+        merged = merge_fn({"layers": layers}, adapters, jnp.int32(i), lcfg)
+        for k, new in merged.items():
+            layers[k] = write_fn(layers[k], new, jnp.int32(i))
+    return {**params, "layers": layers}
 
 
 def to_hf(args: argparse.Namespace) -> None:
-    model = checkpoint.load_model(args.checkpoint, dtype=args.dtype, progress=True)
-    if model.lora is not None:
-        raise UserError(f"{args.checkpoint}: has LoRA adapters; exporting them (merged or as a PEFT adapter) is "
-                        f"not supported yet, and writing the base alone would drop them")
-    convert.save_hf(args.out, model.params, model.cfg, hf_config=model.hf_config,
+    # Loaded as stored and cast while writing: a merge into f32 weights rounds once, to --dtype.
+    model = checkpoint.load_model(args.checkpoint, progress=True)
+    params = model.params
+    if args.merge_lora:
+        if model.lora is None:
+            raise UserError(f"{args.checkpoint}: --merge-lora given, but the model has no LoRA adapters")
+        params = merge_by_layer(params, model.lora, model.lora_config)
+        print(f"merged LoRA adapters ({','.join(model.lora_config.targets)}, scale "
+              f"{model.lora_config.scale:g}) into the {model.cfg.dtype} weights", file=sys.stderr)
+    elif model.lora is not None:
+        print(f"note: {args.checkpoint} has LoRA adapters, which are not merged; writing the base model alone "
+              f"(use --merge-lora, or to-peft for the adapter)", file=sys.stderr)
+    convert.save_hf(args.out, params, model.cfg, hf_config=model.hf_config,
                     generation_config=model.generation_config or None, tokenizer_files=model.tokenizer_files(),
-                    progress=True)
+                    dtype=args.dtype, progress=True)
+
+
+def to_peft(args: argparse.Namespace) -> None:
+    adapters, lcfg, _, base_id = checkpoint.load_adapters(args.checkpoint)
+    peft_adapter.save(args.out, adapters, lcfg, base_model_name_or_path=base_id)
+    print(f"LoRA adapter: rank {lcfg.rank}, alpha {lcfg.alpha:g}{' (rsLoRA)' if lcfg.rslora else ''}, targets "
+          f"{','.join(lcfg.targets)}, base {base_id}", file=sys.stderr)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    check_out(args.out, args.overwrite)
-    {"to-jax": to_jax, "to-hf": to_hf}[args.command](args)
+    inputs = [getattr(args, k, None) for k in ("hf_dir", "peft_adapter", "checkpoint")]
+    check_out(args.out, args.overwrite, inputs)
+    {"to-jax": to_jax, "to-hf": to_hf, "to-peft": to_peft}[args.command](args)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
