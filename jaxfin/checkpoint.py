@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxfin import convert
+from jaxfin import convert, hub
 from jaxfin.errors import UserError
 from jaxfin.model import ModelConfig, Params, param_specs
 
@@ -203,6 +203,8 @@ def load_model(
     the base model the workdir records). Params are cast to `dtype` (default: as stored) and the compute dtype
     `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params) places them."""
     p = Path(path).absolute()  # orbax needs absolute paths
+    if hub.is_hub_id(str(path)):
+        p = Path(hub.download_model(str(path)))
     if not p.is_dir():
         raise UserError(f"{path}: no such model directory")
     if is_checkpoint(p):

@@ -22,11 +22,12 @@ import unicodedata
 import warnings
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from jaxfin import hub
 from jaxfin.errors import UserError
 
 Example = dict[str, Any]
 Entities = dict[str, list[str]]
-FORMATS = ("auto", "canonical", "fire", "finben", "finer_ord", "cleanlab")
+FORMATS = ("auto", "canonical", "fire", "finben", "finer_ord", "cleanlab", "hub")
 FINER_ORD_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # the repo's int -> tag mapping
 
 
@@ -46,9 +47,9 @@ def load_examples(path: str | os.PathLike, format: str = "auto") -> list[Example
     if format not in FORMATS:
         raise UserError(f"{path}: unknown format {format!r} (choose from {', '.join(FORMATS)})")
     if format == "auto":
-        format = _detect(path)
+        format = "hub" if hub.is_hub_id(path) else _detect(path)
     readers = {"canonical": _read_canonical, "fire": _read_fire, "finben": _read_finben,
-               "finer_ord": _read_finer_ord, "cleanlab": _read_cleanlab}
+               "finer_ord": _read_finer_ord, "cleanlab": _read_cleanlab, "hub": _read_hub}
     located = list(readers[format](path))  # (where, example): where names file:line, instance or row
     if not located:
         raise UserError(f"{path}: no examples (empty file)")
@@ -236,15 +237,16 @@ def _read_fire(path: str) -> Iterator[tuple[str, Example]]:
 
 def _read_cleanlab(path: str) -> Iterator[tuple[str, Example]]:
     """Cleanlab's fire-financial-ner-extraction parquet: `text` + `ground_truth` (a Python-literal dict)."""
-    import datasets  # heavy; only this format needs it
+    yield from _cleanlab_rows(path, hub.load_dataset_split(path, "parquet", data_files=path))
 
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one small file: no "Generating train split" bar on stderr
-    try:
-        ds = datasets.load_dataset("parquet", data_files=path, split="train")
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+
+def _read_hub(repo_id: str) -> Iterator[tuple[str, Example]]:
+    """A Hugging Face hub dataset id (its train split) in Cleanlab's schema, e.g.
+    `Cleanlab/fire-financial-ner-extraction`. Needs network access (or the datasets cache)."""
+    yield from _cleanlab_rows(repo_id, hub.load_dataset_split(repo_id, repo_id))
+
+
+def _cleanlab_rows(path: str, ds: Any) -> Iterator[tuple[str, Example]]:
     if not {"text", "ground_truth"} <= set(ds.column_names):
         raise UserError(f"{path}: expected columns text, ground_truth; found {', '.join(ds.column_names)}")
     for i, row in enumerate(ds):
