@@ -12,6 +12,8 @@ set -euo pipefail
 : "${BRANCH:=main}"
 : "${REMOTE_DIR:=jaxfin}"            # checkout directory on every worker, relative to $HOME
 : "${LOG:=jaxfin.log}"               # log file on every worker, relative to $HOME
+: "${BUCKET:=}"                      # optional GCS bucket (no gs://) mounted with gcsfuse on every worker
+: "${MOUNT:=/mnt/${BUCKET:-bucket}}" # where the bucket appears: put workdirs, models and data under it
 
 if [[ -z "${PROJECT}" ]]; then
   echo "error: no GCP project: set PROJECT or run 'gcloud config set project ID'" >&2

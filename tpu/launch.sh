@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the same training command on every worker, in the background, logging to ~/$LOG.
 # jax.distributed detects the TPU pod by itself, so no coordinator flags are needed here.
-#   tpu/launch.sh --config configs/lora_neftune.py --config.workdir=gs://BUCKET/runs/ner1
+#   tpu/launch.sh --config configs/lora_neftune.py --config.workdir=/mnt/BUCKET/runs/ner1
 source "$(dirname "$0")/common.sh"
 
 if [[ $# -eq 0 ]]; then
