@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxfin import model
+from jaxfin import model, sharding
 from jaxfin.errors import UserError
 from jaxfin.model import ModelConfig, Params
 
@@ -130,6 +130,24 @@ def _check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig) -> None:
                             f"[0, {cfg.vocab_size})")
 
 
+def _split_rows(mesh: jax.sharding.Mesh, *arrays: np.ndarray) -> list[jax.Array]:
+    """Host arrays, the same on every process -> global arrays with their rows split over the mesh's data x fsdp
+    devices (every process's), so each device decodes its share of a batch."""
+    def put(a: np.ndarray) -> jax.Array:
+        spec = jax.sharding.PartitionSpec(sharding.BATCH_AXES, *[None] * (a.ndim - 1))
+        return jax.make_array_from_callback(a.shape, jax.sharding.NamedSharding(mesh, spec), lambda i: a[i])
+    return [put(a) for a in arrays]
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) array on this host: an all-gather when rows live elsewhere."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def greedy(
     params: Params,
     cfg: ModelConfig,
@@ -141,10 +159,13 @@ def greedy(
     lora: Params | None = None,
     lora_scale: float = 1.0,
     verbose: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[Completion]:
     """Greedy continuations of `prompts` (token id lists), in input order, as transformers'
     `generate(do_sample=False)` computes them one prompt at a time. A row stops at the first of `stop_ids`
-    (excluded from its tokens, finish_reason "stop") or after `max_new_tokens` ("length")."""
+    (excluded from its tokens, finish_reason "stop") or after `max_new_tokens` ("length").
+    With `mesh` (the one the params are sharded on), each batch's rows are split over its data x fsdp devices,
+    those of every process; each process then passes the same prompts and gets every completion."""
     if max_new_tokens < 1 or batch_size < 1:
         raise UserError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
     _check_prompts(prompts, cfg)
@@ -154,6 +175,7 @@ def greedy(
     stop = np.full(bucket(len(stop_set), 8), PAD_ID, np.int32)  # padded: any few stop ids share one compile
     stop[: len(stop_set)] = sorted(stop_set)
     n_bucket = bucket(max_new_tokens, 16)
+    divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
     scale = jnp.float32(lora_scale)
     prefill_fn = jax.jit(prefill, static_argnames=("cfg", "cache_len"))
     loop_fn = jax.jit(decode_loop, static_argnames=("cfg", "n_bucket"))
@@ -166,7 +188,7 @@ def greedy(
     for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not verbose,
                       file=sys.stderr):
         idx = order[start: start + batch_size]
-        B = min(bucket(len(idx), 1), batch_size)
+        B = -(-min(bucket(len(idx), 1), batch_size) // divisor) * divisor  # rows split evenly over the mesh
         T = bucket(max(len(prompts[i]) for i in idx), 16)
         tokens_BT = np.zeros((B, T), np.int32)
         lengths_B = np.ones(B, np.int32)
@@ -177,14 +199,15 @@ def greedy(
         warm = (B, T) in shapes  # this shape compiled earlier in the run
         shapes.add((B, T))
         t1 = time.perf_counter()
-        first_B, cache = prefill_fn(params, lora, scale, tokens_BT, lengths_B, cfg=cfg, cache_len=T + n_bucket)
+        rows = (tokens_BT, lengths_B, done_B) if mesh is None else _split_rows(mesh, tokens_BT, lengths_B, done_B)
+        first_B, cache = prefill_fn(params, lora, scale, rows[0], rows[1], cfg=cfg, cache_len=T + n_bucket)
         if verbose:
             first_B.block_until_ready()
             t_prefill += time.perf_counter() - t1
             n_prompt += int(lengths_B[~done_B].sum())
-        out_BN = loop_fn(params, lora, scale, cache, first_B, lengths_B, done_B, jnp.int32(max_new_tokens), stop,
+        out_BN = loop_fn(params, lora, scale, cache, first_B, rows[1], rows[2], jnp.int32(max_new_tokens), stop,
                          cfg=cfg, n_bucket=n_bucket)
-        out_BN = np.asarray(out_BN)[:, :max_new_tokens]
+        out_BN = _to_host(out_BN)[:, :max_new_tokens]
         for r, i in enumerate(idx):
             results[i] = _completion(out_BN[r], stop_set)
         if warm:

@@ -259,9 +259,11 @@ def write_report(out_dir: str, metrics: Mapping, rows: Sequence[Mapping], *,
 
 
 def evaluate_model(model: Any, examples: Sequence[Mapping], *, max_new_tokens: int, batch_size: int,
-                   types: Sequence[str] | None = None, tokenizer: Any = None, verbose: bool = False) -> list[dict]:
+                   types: Sequence[str] | None = None, tokenizer: Any = None, verbose: bool = False,
+                   mesh: Any = None) -> list[dict]:
     """Greedy completions of a jaxfin.checkpoint.Model for the examples' prompts -> predictions
-    [{"completion", "finish_reason", "entities"}] in example order."""
+    [{"completion", "finish_reason", "entities"}] in example order. `mesh`: see decode.greedy (rows split over
+    the devices of every process)."""
     from jaxfin import data, decode
 
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer()
@@ -272,7 +274,7 @@ def evaluate_model(model: Any, examples: Sequence[Mapping], *, max_new_tokens: i
     completions = decode.greedy(
         model.params, model.cfg, prompts, max_new_tokens=max_new_tokens, stop_ids=model.eos_ids,
         batch_size=batch_size, lora=model.lora, lora_scale=model.lora_config.scale if model.lora is not None else 1.0,
-        verbose=verbose)
+        verbose=verbose, mesh=mesh)
     out = []
     for c in completions:
         text = tokenizer.decode(c.token_ids, skip_special_tokens=False)  # keep <think> tags visible to the parser
