@@ -44,6 +44,7 @@ def get_config() -> ConfigDict:
     c.train.seq_len = 512
     c.train.loss_chunk = 128  # positions per cross-entropy chunk: [B, loss_chunk, V] f32 logits at a time
     c.train.log_every_steps = 1
+    c.train.max_nonfinite_steps = 5  # stop after this many consecutive skipped (NaN/Inf) steps; 0 = never stop
 
     c.optim = ConfigDict()
     c.optim.lr = 2e-4
@@ -80,4 +81,11 @@ def get_config() -> ConfigDict:
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
+
+    c.distributed = ConfigDict()  # several processes (hosts): jaxfin/distributed.py
+    # All three together, the same on every process but process_id; none: auto_detect.
+    c.distributed.coordinator = config_dict.placeholder(str)  # HOST:PORT that process 0 listens on
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed.auto_detect = True  # let jax.distributed find a TPU pod / SLURM / Open MPI job; else one process
     return c

@@ -118,6 +118,17 @@ def _restore(path: Path, expected: Params | None, dtype: Any, shardings: Params 
     first device). `expected` ((shape, axes) specs) guards against a checkpoint of another model."""
     if not path.is_dir():
         raise UserError(f"{path}: missing (incomplete jaxfin checkpoint)")
+    try:
+        return _restore_orbax(path, expected, dtype, shardings)
+    except UserError:
+        raise
+    except Exception as e:  # orbax / tensorstore raise many types for damaged files; all mean the same here
+        from jaxfin import workdir
+
+        raise workdir.orbax_error(str(path), e, "damaged or incomplete orbax checkpoint") from e
+
+
+def _restore_orbax(path: Path, expected: Params | None, dtype: Any, shardings: Params | None) -> Params:
     with ocp.StandardCheckpointer() as ckptr:
         stored = ckptr.metadata(path).item_metadata.tree
         if expected is not None:

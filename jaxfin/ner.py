@@ -85,7 +85,7 @@ def _detect(path: str) -> str:
 
 def _json_line(path: str, lineno: int, line: str) -> dict:
     try:
-        row = json.loads(line)
+        row = json.loads(line.rstrip("\r\n"))  # else a missing "}" is reported at column 1
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(row, dict):

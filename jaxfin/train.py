@@ -5,7 +5,10 @@
 One batch through the step: embed -> NEFTune noise (neftune.py) -> decoder with the adapters (model.py) ->
 cross-entropy in sequence chunks against the output embedding -> gradients w.r.t. the adapters only -> AdamW.
 Step n means n optimizer updates done: metrics of step n, checkpoint n (the state after n updates); a rerun with
-the same workdir resumes from the latest checkpoint and continues at n + 1.
+the same workdir resumes from the latest checkpoint and continues at n + 1, with the same losses bit for bit on
+the same devices (data order, NEFTune noise and dropout are functions of (seed, step)). A step whose loss or
+gradients are not finite is skipped (it still counts as a step) and counted; train.max_nonfinite_steps in a row
+stop the run. SIGTERM / SIGINT save a checkpoint of the current step and exit 143 / 130 (jaxfin.preemption).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
+import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -24,7 +30,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxfin import config_flags, convert, data, model, neftune, sharding, workdir
+from jaxfin import config_flags, convert, data, distributed, model, neftune, preemption, sharding, workdir
 from jaxfin import lora as lora_lib
 from jaxfin.errors import UserError, run_cli
 from jaxfin.model import ModelConfig, Params
@@ -88,7 +94,7 @@ def train_step(lora: Params, opt_state: optax.OptState, base: Params, batch: Bat
 
     The loss is the mean over all masked-in targets of the A micro-batches, so accumulation changes nothing but
     memory. Randomness (NEFTune, dropout) is a function of (seed, step, micro-batch) only. `step` is the number
-    of updates done before this one."""
+    of steps done before this one. A step with a non-finite loss or gradient changes nothing (metrics "nonfinite")."""
     count = jnp.maximum(jnp.sum(batch["loss_mask_BT"]), 1.0)
     key = jax.random.fold_in(jax.random.key(hp.seed), step)
     grad_fn = jax.value_and_grad(loss_sum)
@@ -101,10 +107,16 @@ def train_step(lora: Params, opt_state: optax.OptState, base: Params, batch: Bat
     A = batch["tokens_BT"].shape[0]
     grads, losses = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, lora), (batch, jnp.arange(A)))
     grads = jax.tree.map(lambda g: g / count, grads)
-    updates, opt_state = tx.update(grads, opt_state, lora)
-    metrics = {"loss": jnp.sum(losses) / count, "grad_norm": optax.tree.norm(grads), "lr": schedule(step),
-               "tokens": jnp.sum(batch["segment_ids_BT"] > 0)}
-    return optax.apply_updates(lora, updates), opt_state, metrics
+    updates, new_opt_state = tx.update(grads, opt_state, lora)
+    loss, grad_norm = jnp.sum(losses) / count, optax.tree.norm(grads)
+    # NaN/Inf guard: a non-finite loss or gradient (the norm is non-finite iff some element is, or it overflows)
+    # skips the update: adapters and optimizer state (its step count too) stay as they were. A select, not a
+    # host-side branch, so there is one compile and no sync.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
+               "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "nonfinite": jnp.logical_not(finite)}
+    return keep(optax.apply_updates(lora, updates), lora), keep(new_opt_state, opt_state), metrics
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
@@ -162,37 +174,54 @@ def micro_batches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndar
 
 
 class _Log:
-    """metrics.jsonl (appended, never rewritten), TensorBoard scalars and the tqdm bar; files on process 0 only."""
+    """metrics.jsonl (appended, never rewritten; see workdir.read_metrics), TensorBoard scalars and the tqdm bar;
+    files on process 0 only. Counts the steps skipped by the NaN/Inf guard: `nonfinite_steps` in every row is the
+    run's total so far (kept across resumes in the checkpoints), and `consecutive` the current streak."""
 
-    def __init__(self, wd: str, first: int, total: int, every: int):
+    def __init__(self, wd: str, first: int, total: int, every: int, nonfinite: int = 0):
         self.every, self.total, self.rows = max(every, 1), total, []
+        self.nonfinite, self.consecutive = nonfinite, 0
         self.main = jax.process_index() == 0
         self.bar = tqdm(total=total, initial=first, desc="train", unit="step", dynamic_ncols=True)
-        self.jsonl = open(os.path.join(wd, "metrics.jsonl"), "a") if self.main else None
+        self.jsonl = workdir.open_metrics(wd) if self.main else None
         if self.main:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(wd, "tb"))
+            # A resumed run re-logs the steps after its checkpoint: TensorBoard hides the older events from
+            # step first + 1 on, so the curve has no doubled stretch.
+            self.tb = SummaryWriter(os.path.join(wd, "tb"), purge_step=first + 1 if first else None)
         self.tokens, self.t0 = 0, time.perf_counter()
 
-    def step(self, n: int, metrics: dict[str, Any]) -> None:
-        """Step n's metrics (fetched from the device only now, after step n + 1 was dispatched)."""
+    def step(self, n: int, metrics: dict[str, Any]) -> bool:
+        """Step n's metrics (fetched from the device only now, after step n + 1 was dispatched); False if the
+        step was skipped for a non-finite loss or gradient."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self.tokens += int(m.pop("tokens"))
+        skipped = bool(m.pop("nonfinite"))
+        self.nonfinite += skipped
+        self.consecutive = self.consecutive + 1 if skipped else 0
         self.bar.update(1)
-        if n != 1 and n % self.every and n != self.total:
-            return
+        if skipped:
+            self.bar.write(f"step {n}: non-finite loss or gradients (loss {m['loss']}, grad_norm {m['grad_norm']}); "
+                           f"update skipped ({self.consecutive} in a row)", file=sys.stderr)
+        if n != 1 and n % self.every and n != self.total and not skipped:
+            return not skipped
         now = time.perf_counter()
-        row = {"step": n, **m, "tokens_per_sec": self.tokens / max(now - self.t0, 1e-9)}
+        # JSON has no NaN/Infinity: non-finite values are written as null.
+        m = {k: v if math.isfinite(v) else None for k, v in m.items()}
+        row = {"step": n, **m, "tokens_per_sec": self.tokens / max(now - self.t0, 1e-9),
+               "nonfinite_steps": self.nonfinite}
         self.tokens, self.t0 = 0, now
         self.rows.append(row)
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:.0f}")
+        self.bar.set_postfix(loss="nan" if row["loss"] is None else f"{row['loss']:.4f}",
+                             tok_s=f"{row['tokens_per_sec']:.0f}")
         if self.main:
             self.jsonl.write(json.dumps(row) + "\n")
             self.jsonl.flush()
             for k, v in row.items():
-                if k != "step":
+                if k != "step" and v is not None:
                     self.tb.add_scalar(f"train/{k}", v, n)
+        return not skipped
 
     def close(self) -> None:
         self.bar.close()
@@ -208,7 +237,8 @@ def _assets(config: ml_collections.ConfigDict) -> tuple[str, str, str | None]:
     if None in (model_path, train_path, eval_path):
         from jaxfin import synthetic
 
-        tiny = synthetic.write_tiny_assets(os.path.join(config.workdir, "assets"), seed=config.seed)
+        out = os.path.join(config.workdir, "assets")
+        tiny = distributed.main_first("tiny assets", lambda: synthetic.write_tiny_assets(out, seed=config.seed))
         model_path, train_path, eval_path = model_path or tiny.model, train_path or tiny.train, eval_path or tiny.eval
     return model_path, train_path, eval_path
 
@@ -219,8 +249,9 @@ def _evaluate(out_dir: str, base_model: Any, lora: Params, lcfg: lora_lib.LoraCo
     from jaxfin import evaluate
 
     m = dataclasses.replace(base_model, lora=lora, lora_config=lcfg)
+    mesh = jax.tree.leaves(lora)[0].sharding.mesh  # the training mesh: decode rows split over all its processes
     predictions = evaluate.evaluate_model(m, examples, max_new_tokens=config.eval.max_new_tokens,
-                                          batch_size=config.eval.batch_size, types=types)
+                                          batch_size=config.eval.batch_size, types=types, mesh=mesh)
     metrics = evaluate.score(examples, predictions, types)
     if jax.process_index() == 0:
         meta = {"workdir": config.workdir, "step": str(step), "data": str(config.data.eval or "tiny eval set"),
@@ -243,14 +274,29 @@ def _check_resume(wd: str, mcfg: ModelConfig, lcfg: lora_lib.LoraConfig) -> None
         raise UserError(f"{wd}: its checkpoints are for a different model than {run['base_model']}; use a new workdir")
 
 
+def _check_model_adapters(path: str, have: lora_lib.LoraConfig, want: lora_lib.LoraConfig) -> None:
+    """Training continues the adapters that come with the model, so the config's lora block must describe them
+    (dropout is a training setting and may differ)."""
+    keys = [k for k in ("rank", "alpha", "rslora") if getattr(have, k) != getattr(want, k)]
+    keys += ["targets"] if set(have.targets) != set(want.targets) else []
+    if keys:
+        show = lambda c, k: ",".join(c.targets) if k == "targets" else str(getattr(c, k)).lower()  # noqa: E731
+        raise UserError(f"model.path={path} has LoRA adapters with " + ", ".join(f"lora.{k}={show(have, k)}" for k in
+                        keys) + " but the config asks for " + ", ".join(f"lora.{k}={show(want, k)}" for k in keys) +
+                        "; set " + " ".join(f"--config.lora.{k}={show(have, k)}" for k in keys) + " to train them")
+
+
 def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Trains (or resumes) per `config` on `devices` (default all); returns {"step", "metrics": logged rows of
-    this run, "eval": final eval metrics or None}."""
+    this run, "eval": final eval metrics or None}, plus "stopped": the exit code when SIGTERM / SIGINT stopped it
+    early (after saving checkpoint "step"). Starts from the adapters of model.path when it has some (a jaxfin
+    checkpoint, e.g. an imported PEFT adapter) and the workdir has no checkpoint yet."""
     from jaxfin import checkpoint, ner
 
     wd = config.workdir
     lcfg = lora_config(config)  # config errors first, before anything is written or loaded
     hp = step_config(config, lcfg)
+    distributed.initialize(config.distributed)  # before anything touches a device
     mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
     B, A = config.train.batch_size, config.train.grad_accum_steps
     if A < 1 or B % A:
@@ -261,35 +307,47 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     if config.model.remat not in model.REMAT_POLICIES:
         raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(model.REMAT_POLICIES)}")
 
-    os.makedirs(wd, exist_ok=True)
+    # Inputs are checked before the workdir is created, so a mistake leaves nothing behind; the data before the
+    # model, so a bad line fails in a second rather than after minutes of loading weights.
     model_path, train_path, eval_path = _assets(config)
+    train_examples = ner.load_examples(train_path)
+    types = ner.entity_types(train_examples)
+    eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
+    if config.eval.max_examples > 0:
+        eval_examples = eval_examples[: config.eval.max_examples]
     # Place the base weights straight into their shards when the config can be read up front (HF directories).
     peek = convert.read_hf_config(model_path)[1] if os.path.isfile(os.path.join(model_path, "config.json")) else None
     base_model = checkpoint.load_model(model_path, dtype=config.model.dtype, shardings=None if peek is None else
                                        sharding.param_shardings(peek, mesh))
     mcfg = base_model.cfg.replace(remat=config.model.remat)
+    if base_model.lora is not None:
+        _check_model_adapters(model_path, base_model.lora_config, lcfg)
     tokenizer = base_model.tokenizer()
     if tokenizer is None:
         raise UserError(f"model.path={model_path}: the model has no tokenizer files")
-    train_examples = ner.load_examples(train_path)
-    types = ner.entity_types(train_examples)
     encoded = data.encode_ner(train_examples, tokenizer, types, eos_ids=base_model.eos_ids)
     packed = data.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
     total = config.train.steps or config.train.epochs * data.steps_per_epoch(packed.num_rows, B)
     if total < 1:
         raise UserError("train.steps and train.epochs are both 0: nothing to train")
-    eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
-    if config.eval.max_examples > 0:
-        eval_examples = eval_examples[: config.eval.max_examples]
+    if config.train.max_nonfinite_steps < 0:
+        raise UserError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}: must be >= 0 (0: never stop)")
 
     tx, schedule = make_optimizer(config.optim, total)
     sh = sharding.train_shardings(mcfg, lcfg, tx, mesh)
     base = jax.device_put(base_model.params, sh.base)  # a no-op when load_model placed them already
-    base_model = dataclasses.replace(base_model, params=base, cfg=mcfg)
+    model_lora = base_model.lora  # adapters that came with model.path (e.g. an imported PEFT adapter), or None
+    base_model = dataclasses.replace(base_model, params=base, cfg=mcfg, lora=None, lora_config=None)
 
+    os.makedirs(wd, exist_ok=True)
     mngr = workdir.checkpoint_manager(wd, config.checkpoint.max_to_keep)
-    start = mngr.latest_step()
-    if start is None:
+    start, nonfinite = mngr.latest_step(), 0
+    if start is None and model_lora is not None:
+        lora = jax.device_put(jax.tree.map(lambda x: x.astype(jnp.float32), model_lora), sh.lora)
+        opt_state = jax.jit(tx.init, out_shardings=sh.opt_state)(lora)
+        start, position = 0, 0
+        print(f"starting from the LoRA adapters of {model_path}")
+    elif start is None:
         lora, opt_state = init_state(mcfg, lcfg, tx, sh, config.seed)
         start, position = 0, 0
     else:
@@ -299,35 +357,59 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
         lora_shapes = lora_lib.shapes(mcfg, lcfg)
         lora, opt_state, meta = workdir.restore(mngr, start, like(lora_shapes, sh.lora),
                                                 like(jax.eval_shape(tx.init, lora_shapes), sh.opt_state))
-        position = meta["data_position"]
+        position, nonfinite = meta["data_position"], meta.get("nonfinite_steps", 0)
         print(f"resuming {wd} from step {start}")
+    del model_lora
     if jax.process_index() == 0:
         workdir.write_run(wd, base_model=base_model.source or model_path, base_model_name_or_path=model_path,
                           model_config=mcfg, lora_config=lcfg, config={**config.to_dict(), "entity_types": types})
 
     step_fn = jit_train_step(mcfg, hp, tx, schedule, sh)
     global_shape = (A, B // A, config.train.seq_len)
-    log = _Log(wd, start, total, config.train.log_every_steps)
-    pending = None
-    for step in range(start, total):
-        batch = data.batch_at(packed, position, B, config.seed, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-        position += 1
-        batch = sharding.put_batch(micro_batches(batch, A), sh.batch, global_shape)
-        lora, opt_state, metrics = step_fn(lora, opt_state, base, batch, np.int32(step))
-        if pending is not None:
-            log.step(*pending)
-        pending = (step + 1, metrics)
-        n = step + 1
-        if n == total or (config.checkpoint.every_steps and n % config.checkpoint.every_steps == 0):
-            workdir.save(mngr, n, lora, opt_state, position)
-        if config.eval.every_steps and n % config.eval.every_steps == 0 and n != total and eval_examples:
-            _evaluate(os.path.join(wd, "eval", f"step_{n}"), base_model, lora, lcfg, eval_examples, types, config, n)
-    if pending is not None:
-        log.step(*pending)
-    log.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    log = _Log(wd, start, total, config.train.log_every_steps, nonfinite)
+    max_bad, every = config.train.max_nonfinite_steps, config.checkpoint.every_steps
+    saved = start if start else None  # the newest checkpoint (written or being written)
+
+    def logged(n: int, metrics: dict[str, jax.Array]) -> None:
+        """Logs step n; stops the run after max_bad consecutive skipped (non-finite) steps."""
+        if not log.step(n, metrics) and max_bad and log.consecutive >= max_bad:
+            kept = f"checkpoint {saved} holds the last good state" if saved else "no checkpoint was written"
+            raise UserError(f"training stopped at step {n}: {max_bad} consecutive steps ({n - max_bad + 1}-{n}) had "
+                            f"a non-finite loss or gradients and were skipped (adapters not updated); {kept}. Lower "
+                            f"optim.lr or check the data (train.max_nonfinite_steps={max_bad})")
+
+    stop, stopped, pending = preemption.StopSignal(), None, None
+    stop.install()
+    try:
+        for step in range(start, total):
+            batch = distributed.local_batch(packed, position, B, config.seed, sh.batch, global_shape)
+            position += 1
+            batch = sharding.put_batch(micro_batches(batch, A), sh.batch, global_shape)
+            lora, opt_state, metrics = step_fn(lora, opt_state, base, batch, np.int32(step))
+            if pending is not None:
+                logged(*pending)  # step n - 1, fetched while step n runs
+            n, pending = step + 1, (step + 1, metrics)
+            stopping = stop.requested()
+            if n == total or stopping or (every and n % every == 0):
+                # Step n's metrics first (the save waits for step n anyway): the checkpoint's count of skipped
+                # steps is then exact, and a checkpoint is never written after the step that ends a run.
+                logged(*pending)
+                pending = None
+                workdir.save(mngr, n, lora, opt_state, position, log.nonfinite)
+                saved = n
+            if stopping:
+                stopped = n
+                break
+            if config.eval.every_steps and n % config.eval.every_steps == 0 and n != total and eval_examples:
+                _evaluate(os.path.join(wd, "eval", f"step_{n}"), base_model, lora, lcfg, eval_examples, types,
+                          config, n)
+    finally:
+        stop.restore()
+        log.close()
+        mngr.wait_until_finished()  # a save in flight completes (or, if the process is killed, stays a tmp dir)
+        mngr.close()
+    if stopped is not None:
+        return {"step": stopped, "metrics": log.rows, "eval": None, "stopped": stop.exit_code}
     final = None
     if eval_examples:
         final = _evaluate(os.path.join(wd, "eval"), base_model, lora, lcfg, eval_examples, types, config, total)
@@ -339,11 +421,19 @@ def main(argv: Sequence[str]) -> int:
     if rest:
         raise UserError(f"unexpected argument {rest[0]!r} (usage: --config FILE --config.KEY=VALUE ...)")
     t0 = time.perf_counter()
-    out = run(config)
+    with warnings.catch_warnings():
+        # Data warnings (dropped examples, mentions not in their text) as one line each, without source lines.
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        out = run(config)
+    if "stopped" in out:
+        print(f"stopped at step {out['step']}: checkpoint saved in {config.workdir}; run the same command to "
+              f"continue", file=sys.stderr)
+        return out["stopped"]
     rows = out["metrics"]
     if rows:
-        print(f"trained to step {out['step']} in {time.perf_counter() - t0:.1f} s: loss {rows[0]['loss']:.4f} "
-              f"(step {rows[0]['step']}) -> {rows[-1]['loss']:.4f} (step {rows[-1]['step']}); workdir {config.workdir}")
+        loss = lambda r: "nan" if r["loss"] is None else f"{r['loss']:.4f}"  # noqa: E731
+        print(f"trained to step {out['step']} in {time.perf_counter() - t0:.1f} s: loss {loss(rows[0])} "
+              f"(step {rows[0]['step']}) -> {loss(rows[-1])} (step {rows[-1]['step']}); workdir {config.workdir}")
     return 0
 
 

@@ -1,8 +1,10 @@
 """A training workdir, usable on its own by generate / evaluate / convert:
 
   WORKDIR/run.json              base model, model and LoRA configs, the training config
-  WORKDIR/checkpoints/<step>/   orbax: lora, opt_state, meta {step, data_position}; <step> = updates done
-  WORKDIR/metrics.jsonl         one JSON object per logged step, appended across resumes
+  WORKDIR/checkpoints/<step>/   orbax: lora, opt_state, meta {step, data_position, nonfinite_steps}; <step> = steps
+                                done; a save in flight is `<step>.orbax-checkpoint-tmp` (never listed, cleaned up)
+  WORKDIR/metrics.jsonl         one JSON object per logged step, only appended to; after a crash a step may appear
+                                twice (read_metrics: the last row of a step wins)
   WORKDIR/tb/                   TensorBoard event files
   WORKDIR/eval/                 evaluation at the end (eval/step_N/ for eval.every_steps)
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -24,6 +28,8 @@ from jaxfin.model import ModelConfig, Params
 
 RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+_DAMAGED = "cannot restore this checkpoint, delete it to resume from the previous one"
 
 
 def is_workdir(path: str) -> bool:
@@ -58,8 +64,42 @@ def read_run(workdir: str) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def open_metrics(workdir: str) -> Any:
+    """metrics.jsonl opened for appending. A run killed in the middle of a write can leave a torn last line;
+    it is ended with a newline first, so the next row starts on its own line (and read_metrics skips the torn one)."""
+    path = os.path.join(workdir, METRICS)
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            with open(path, "a") as f:
+                f.write("\n")
+    return open(path, "a")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """The training curve of a workdir: the rows of metrics.jsonl, one per step, in step order.
+
+    The file is only ever appended to. A run that was killed may have logged steps after its last checkpoint;
+    the resumed run logs those steps again (same values on the same hardware), so for each step the LAST row
+    wins. Lines that are not JSON (a write torn by a kill) are skipped."""
+    rows: dict[int, dict[str, Any]] = {}
+    with open(os.path.join(workdir, METRICS)) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
 def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    """Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` when complete,
+    so a kill during a save leaves only a tmp dir, which is never listed as a step and is removed here."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINTS)), options=options)
 
 
@@ -71,22 +111,52 @@ def latest_step(path: str) -> int | None:
         return mngr.latest_step()
 
 
-def save(mngr: ocp.CheckpointManager, step: int, lora: Params, opt_state: Any, data_position: int) -> None:
-    """Starts an (async) save of the state after `step` updates; mngr.wait_until_finished() before exiting."""
+def save(mngr: ocp.CheckpointManager, step: int, lora: Params, opt_state: Any, data_position: int,
+         nonfinite_steps: int = 0) -> None:
+    """Starts an (async) save of the state after `step` steps; mngr.wait_until_finished() before exiting.
+    `nonfinite_steps`: steps skipped so far by the NaN/Inf guard (their count continues across a resume)."""
     mngr.save(step, args=ocp.args.Composite(
         lora=ocp.args.StandardSave(lora),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave({"step": step, "data_position": data_position}),
+        meta=ocp.args.JsonSave({"step": step, "data_position": data_position, "nonfinite_steps": nonfinite_steps}),
     ))
+
+
+def orbax_error(path: str, e: BaseException, what: str) -> UserError:
+    """One UserError line for a checkpoint orbax cannot read, with the innermost cause (tensorstore's names the
+    tensor and the byte range). Orbax leaves its other reads of that checkpoint pending; at exit they would print
+    tracebacks ("Exception ignored in: <coroutine ...>", "_GatheringFuture exception was never retrieved", and from
+    tensorstore's callbacks "RuntimeError: Event loop is closed"), which are silenced since this line says it all
+    (`--debug` still shows the chained traceback)."""
+    inner = e
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    first = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    previous = sys.unraisablehook
+
+    def quiet(u: Any) -> None:
+        code = getattr(u.object, "cr_code", None)
+        closed = isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
+        if not (closed or (code is not None and "orbax" in code.co_filename)):
+            previous(u)
+
+    if getattr(previous, "__name__", "") != quiet.__name__:
+        sys.unraisablehook = quiet
+    return UserError(f"{path}: {what} ({first[:300]})")
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, lora_like: Any, opt_state_like: Any) -> tuple[Params, Any, dict]:
-    """(lora, opt_state, meta) of checkpoint `step`, placed like the given ShapeDtypeStructs (with shardings)."""
-    out = mngr.restore(step, args=ocp.args.Composite(
-        lora=ocp.args.StandardRestore(lora_like),
-        opt_state=ocp.args.StandardRestore(opt_state_like),
-        meta=ocp.args.JsonRestore(),
-    ))
+    """(lora, opt_state, meta) of checkpoint `step`, placed like the given ShapeDtypeStructs (with shardings).
+    A checkpoint that is complete but unreadable (damaged or foreign files) is one UserError line naming it."""
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(
+            lora=ocp.args.StandardRestore(lora_like),
+            opt_state=ocp.args.StandardRestore(opt_state_like),
+            meta=ocp.args.JsonRestore(),
+        ))
+    except Exception as e:  # orbax / tensorstore raise many types; all mean the same thing here
+        raise orbax_error(os.path.join(str(mngr.directory), str(step)), e, _DAMAGED) from e
     return out.lora, out.opt_state, out.meta
 
 
@@ -104,5 +174,8 @@ def load_adapters(path: str, step: int | None = None) -> tuple[Params, LoraConfi
     with ocp.CheckpointManager(os.path.abspath(os.path.join(path, CHECKPOINTS))) as mngr:
         if step not in mngr.all_steps():
             raise UserError(f"{path}: no checkpoint for step {step} (have {sorted(mngr.all_steps())})")
-        lora = mngr.restore(step, args=ocp.args.Composite(lora=ocp.args.StandardRestore(like))).lora
+        try:
+            lora = mngr.restore(step, args=ocp.args.Composite(lora=ocp.args.StandardRestore(like))).lora
+        except Exception as e:
+            raise orbax_error(os.path.join(str(mngr.directory), str(step)), e, _DAMAGED) from e
     return lora, lcfg, run["base_model"], step

@@ -135,7 +135,7 @@ def test_run_writes_workdir_and_loss_falls(assets, straight):
     wd, out = straight
     rows = _logged(wd)
     assert [r["step"] for r in rows] == list(range(1, 2 * N + 1))
-    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_sec"}
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "nonfinite_steps"}
     losses = [r["loss"] for r in rows]
     assert np.mean(losses[-N // 2:]) < 0.7 * np.mean(losses[: N // 2])  # last vs first quarter
     assert workdir.latest_step(str(wd)) == 2 * N
