@@ -30,6 +30,8 @@ def get_config() -> ConfigDict:
     c.model.path = _path("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")  # HF hub id, HF dir, or jaxfin checkpoint
     c.model.dtype = "bfloat16"  # base weights and activations; adapters and optimizer state are always f32
     c.model.remat = "full"  # jax.checkpoint policy per layer: none | full | dots | dots_all
+    # jax.nn.dot_product_attention implementation: unset = XLA picks; "xla"; "cudnn" (GPU flash attention)
+    c.model.attention_impl = config_dict.placeholder(str)
 
     c.data = ConfigDict()
     # Cleanlab's FIRE 7-type train split (HF Cleanlab/fire-financial-ner-extraction) and FIRE dev in that schema.

@@ -187,7 +187,6 @@ def time_decode(base: Any, cfg: ModelConfig, batch: int, prompt_len: int, new_to
 def measure_bandwidth(device: Any, nbytes: int, runs: int = 10) -> float:
     """Bytes/s of x + 1 over a float32 array of `nbytes` on `device` (reads and writes nbytes each), median."""
     import jax
-    import jax.numpy as jnp
 
     x = jax.device_put(np.zeros(nbytes // 4, np.float32), device)
     add = jax.jit(lambda a: a + 1)  # not a bare copy: XLA would alias or elide it
@@ -241,13 +240,13 @@ def run(config: Any, opts: Any, config_string: str) -> dict:
         raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(model.REMAT_POLICIES)}")
     name, hf = resolve_model(config.model.path)
     cfg = ModelConfig.from_hf(hf, dtype=config.model.dtype, remat=config.model.remat,
-                              attention_impl=opts.attention_impl)
+                              attention_impl=config.model.attention_impl)
     if opts.devices > len(jax.devices()):
         raise UserError(f"--devices {opts.devices}: only {len(jax.devices())} devices are visible")
     devices = jax.devices()[: opts.devices or None]
     kind, platform = devices[0].device_kind, devices[0].platform
-    if opts.attention_impl == "cudnn" and platform != "gpu":
-        raise UserError(f"--attention-impl cudnn needs an NVIDIA GPU (cuDNN flash attention), not {platform}")
+    if cfg.attention_impl == "cudnn" and platform != "gpu":
+        raise UserError(f"model.attention_impl=cudnn needs an NVIDIA GPU (cuDNN flash attention), not {platform}")
     mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
     lcfg = train.lora_config(config)
     B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
@@ -370,7 +369,6 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--decode-new-tokens", type=int, default=128)
     p.add_argument("--decode-runs", type=int, default=3, help="timed decode runs per batch size (default 3)")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
-    p.add_argument("--attention-impl", choices=("xla", "cudnn"), help="jax.nn.dot_product_attention backend")
     p.add_argument("--skip-peer", action="store_true", help="do not run transformers + peft")
     opts = p.parse_args(rest)
     if not opts.random_weights:

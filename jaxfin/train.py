@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
 import sys
 import time
@@ -28,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxfin import config_flags, convert, data, distributed, model, neftune, preemption, sharding, workdir
 from jaxfin import lora as lora_lib
@@ -173,63 +170,6 @@ def micro_batches(batch: dict[str, np.ndarray], accum: int) -> dict[str, np.ndar
 # The loop.
 
 
-class _Log:
-    """metrics.jsonl (appended, never rewritten; see workdir.read_metrics), TensorBoard scalars and the tqdm bar;
-    files on process 0 only. Counts the steps skipped by the NaN/Inf guard: `nonfinite_steps` in every row is the
-    run's total so far (kept across resumes in the checkpoints), and `consecutive` the current streak."""
-
-    def __init__(self, wd: str, first: int, total: int, every: int, nonfinite: int = 0):
-        self.every, self.total, self.rows = max(every, 1), total, []
-        self.nonfinite, self.consecutive = nonfinite, 0
-        self.main = jax.process_index() == 0
-        self.bar = tqdm(total=total, initial=first, desc="train", unit="step", dynamic_ncols=True)
-        self.jsonl = workdir.open_metrics(wd) if self.main else None
-        if self.main:
-            from tensorboardX import SummaryWriter
-
-            # A resumed run re-logs the steps after its checkpoint: TensorBoard hides the older events from
-            # step first + 1 on, so the curve has no doubled stretch.
-            self.tb = SummaryWriter(os.path.join(wd, "tb"), purge_step=first + 1 if first else None)
-        self.tokens, self.t0 = 0, time.perf_counter()
-
-    def step(self, n: int, metrics: dict[str, Any]) -> bool:
-        """Step n's metrics (fetched from the device only now, after step n + 1 was dispatched); False if the
-        step was skipped for a non-finite loss or gradient."""
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        self.tokens += int(m.pop("tokens"))
-        skipped = bool(m.pop("nonfinite"))
-        self.nonfinite += skipped
-        self.consecutive = self.consecutive + 1 if skipped else 0
-        self.bar.update(1)
-        if skipped:
-            self.bar.write(f"step {n}: non-finite loss or gradients (loss {m['loss']}, grad_norm {m['grad_norm']}); "
-                           f"update skipped ({self.consecutive} in a row)", file=sys.stderr)
-        if n != 1 and n % self.every and n != self.total and not skipped:
-            return not skipped
-        now = time.perf_counter()
-        # JSON has no NaN/Infinity: non-finite values are written as null.
-        m = {k: v if math.isfinite(v) else None for k, v in m.items()}
-        row = {"step": n, **m, "tokens_per_sec": self.tokens / max(now - self.t0, 1e-9),
-               "nonfinite_steps": self.nonfinite}
-        self.tokens, self.t0 = 0, now
-        self.rows.append(row)
-        self.bar.set_postfix(loss="nan" if row["loss"] is None else f"{row['loss']:.4f}",
-                             tok_s=f"{row['tokens_per_sec']:.0f}")
-        if self.main:
-            self.jsonl.write(json.dumps(row) + "\n")
-            self.jsonl.flush()
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    self.tb.add_scalar(f"train/{k}", v, n)
-        return not skipped
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.main:
-            self.jsonl.close()
-            self.tb.close()
-
-
 def _assets(config: ml_collections.ConfigDict) -> tuple[str, str, str | None]:
     """(model path, train data, eval data); unset ones come from the self-made tiny assets (jaxfin.synthetic),
     written to WORKDIR/assets (deterministic in the seed, so a resumed run rewrites the same bytes)."""
@@ -306,6 +246,8 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
                         f"{sharding.batch_divisor(mesh)} data x fsdp devices")
     if config.model.remat not in model.REMAT_POLICIES:
         raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(model.REMAT_POLICIES)}")
+    if config.model.attention_impl not in (None, "xla", "cudnn"):
+        raise UserError(f"model.attention_impl={config.model.attention_impl!r}: choose xla or cudnn (or leave it unset)")
 
     # Inputs are checked before the workdir is created, so a mistake leaves nothing behind; the data before the
     # model, so a bad line fails in a second rather than after minutes of loading weights.
@@ -319,7 +261,7 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     peek = convert.read_hf_config(model_path)[1] if os.path.isfile(os.path.join(model_path, "config.json")) else None
     base_model = checkpoint.load_model(model_path, dtype=config.model.dtype, shardings=None if peek is None else
                                        sharding.param_shardings(peek, mesh))
-    mcfg = base_model.cfg.replace(remat=config.model.remat)
+    mcfg = base_model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl)
     if base_model.lora is not None:
         _check_model_adapters(model_path, base_model.lora_config, lcfg)
     tokenizer = base_model.tokenizer()
@@ -366,7 +308,7 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
 
     step_fn = jit_train_step(mcfg, hp, tx, schedule, sh)
     global_shape = (A, B // A, config.train.seq_len)
-    log = _Log(wd, start, total, config.train.log_every_steps, nonfinite)
+    log = workdir.MetricsLog(wd, start, total, config.train.log_every_steps, nonfinite)
     max_bad, every = config.train.max_nonfinite_steps, config.checkpoint.every_steps
     saved = start if start else None  # the newest checkpoint (written or being written)
 
