@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable, Sequence
 
 
@@ -11,13 +12,16 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
-    """Runs `main(argv)`; turns UserError (and bad-file OSErrors) into `error: ...` on stderr and exit code 2.
-    With `--debug` in argv the exception propagates with its traceback."""
+    """Runs `main(argv)`; turns UserError (and bad-file OSErrors) into `error: ...` on stderr and exit code 2, and
+    warnings into `warning: ...` lines. With `--debug` in argv the exception propagates with its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        code = main(argv)
+        with warnings.catch_warnings():  # restores the hook afterwards (CLIs are also run in-process by tests)
+            # Data warnings (dropped examples, mentions not in their text) as one line each, no source lines.
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            code = main(argv)
     except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         if debug:
             raise

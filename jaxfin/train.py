@@ -18,7 +18,6 @@ import functools
 import os
 import sys
 import time
-import warnings
 from typing import Any, Sequence
 
 import jax
@@ -363,10 +362,7 @@ def main(argv: Sequence[str]) -> int:
     if rest:
         raise UserError(f"unexpected argument {rest[0]!r} (usage: --config FILE --config.KEY=VALUE ...)")
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # Data warnings (dropped examples, mentions not in their text) as one line each, without source lines.
-        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
-        out = run(config)
+    out = run(config)
     if "stopped" in out:
         print(f"stopped at step {out['step']}: checkpoint saved in {config.workdir}; run the same command to "
               f"continue", file=sys.stderr)
