@@ -115,8 +115,7 @@ def _two_processes(assets, wd, steps, log, *, slurm: bool) -> list[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5", "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false"}  # the compilation cache settings come from conftest
     args = [f"--config.{k}={v}" for k, v in _overrides(assets, wd, steps).items()]
     procs, logs = [], [str(log) + f".{i}" for i in range(2)]
     for i in range(2):

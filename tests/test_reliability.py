@@ -30,8 +30,7 @@ import convert_weights  # noqa: E402
 STEPS, EVERY = 12, 4
 # Subprocesses see what the tests see (conftest: 8 CPU devices) and share their compilation cache. Bitwise
 # equality holds for one device configuration: the same run on a 1-device platform differs in the last bits.
-ENV = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"),
-       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+ENV = dict(os.environ)
 # `python -c DRIVER MODE ARGV...` runs the real CLI (run_cli(train.main)) with a test-only slowdown:
 #   slowS   every batch takes S seconds more, so a signal lands mid-run (data.batch_at is called per device
 #           block of the batch: the first one sleeps);
