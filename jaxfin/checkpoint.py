@@ -136,7 +136,7 @@ def _restore_orbax(path: Path, expected: Params | None, dtype: Any, shardings: P
             have = jax.tree.map(lambda m: tuple(m.shape), stored)
             if want != have:
                 raise UserError(f"{path}: stored params do not match the model config in {MODEL_JSON}")
-        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's (multi-host)
         shardings = shardings if shardings is not None else jax.tree.map(lambda _: default, stored)
         like = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, jnp.dtype(dtype or m.dtype), sharding=s),
                             stored, shardings)
@@ -207,6 +207,23 @@ def load_adapters(path: str | os.PathLike) -> tuple[Params, Any, ModelConfig, st
     raise UserError(f"{path}: not a jaxfin checkpoint or training workdir")
 
 
+def model_config(path: str | os.PathLike) -> ModelConfig | None:
+    """The ModelConfig of a model path without loading weights (None for a hub id not downloaded yet), so callers
+    can build shardings and load the params straight into them."""
+    p = Path(path)
+    if is_checkpoint(p):
+        record = convert.read_json(p / MODEL_JSON)
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in record.get("model_config", {}).items() if k in known})
+    if (p / "config.json").is_file():
+        return convert.read_hf_config(p)[1]
+    from jaxfin import workdir
+
+    if workdir.is_workdir(str(p)):
+        return model_config(workdir.read_run(str(p))["base_model"])
+    return None
+
+
 def load_model(
     path: str | os.PathLike, *, dtype: Any = None, shardings: Params | None = None, progress: bool = False
 ) -> Model:
@@ -214,8 +231,9 @@ def load_model(
     the base model the workdir records). Params are cast to `dtype` (default: as stored) and the compute dtype
     `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params) places them."""
     p = Path(path).absolute()  # orbax needs absolute paths
+    base_id = None
     if hub.is_hub_id(str(path)):
-        p = Path(hub.download_model(str(path)))
+        p, base_id = Path(hub.download_model(str(path))), str(path)
     if not p.is_dir():
         raise UserError(f"{path}: no such model directory")
     if is_checkpoint(p):
@@ -224,7 +242,7 @@ def load_model(
         params, cfg, hf_config = convert.load_hf(p, dtype=dtype, shardings=shardings, progress=progress)
         return Model(params, cfg, hf_config, convert.read_generation_config(p) or {},
                      str(p) if convert.has_tokenizer(p) else None, source=str(p.absolute()),
-                     base_model_name_or_path=str(p))
+                     base_model_name_or_path=base_id or str(p))
     from jaxfin import workdir  # the training side imports this module; import lazily
 
     if workdir.is_workdir(str(p)):

@@ -28,7 +28,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         raise UserError(f"--config: no such config file {path!r}")
     spec = importlib.util.spec_from_file_location(f"_jaxfin_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file: one line naming it, like any other bad input
+        raise UserError(f"{path}: cannot load the config file: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise UserError(f"{path}: a config file must define get_config()")
     return module.get_config()

@@ -101,8 +101,6 @@ def mapping(cfg: ModelConfig) -> list[tuple[tuple[str, ...], str, Callable, Call
     return rows
 
 
-
-
 def _file_order(cfg: ModelConfig) -> list[tuple[tuple[str, ...], int | None, str, Callable, Callable]]:
     """(our path, layer or None, HF name, hf->ours, ours->hf) per tensor, in the order transformers writes them:
     embeddings, layer 0 .. L-1, final norm, lm_head (so a shard holds whole layers)."""
@@ -111,12 +109,6 @@ def _file_order(cfg: ModelConfig) -> list[tuple[tuple[str, ...], int | None, str
     tail = [(p, None, n, a, b) for p, n, a, b in rows if "{i}" not in n and p[0] != "embed_VD"]
     layers = [(p, i, n.format(i=i), a, b) for i in range(cfg.num_layers) for p, n, a, b in rows if "{i}" in n]
     return head + layers + tail
-
-
-def hf_names(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], int | None, str]]:
-    """(our path, layer index or None, HF tensor name) for every tensor of the model, in file order."""
-    for path, i, name, _, _ in _file_order(cfg):
-        yield path, i, name
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:

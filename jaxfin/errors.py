@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -9,6 +10,13 @@ from typing import Callable, Sequence
 
 class UserError(Exception):
     """Bad input (data, config, checkpoint, CLI argument); the message names the file/line/key/tensor."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one `error:` line (exit 2) like every other bad input."""
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
@@ -27,6 +35,11 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
             raise
         msg = str(e) if isinstance(e, UserError) else f"{e.filename}: {e.strerror}"
         print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except UnicodeDecodeError as e:
+        if debug:
+            raise
+        print(f"error: an input file is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if debug:

@@ -11,7 +11,6 @@ A prediction is {"entities": {type: [mention, ...]} | None (parse failure), "com
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxfin import ner
+from jaxfin import errors
 from jaxfin.errors import UserError, run_cli
 
 Pair = tuple[str, str]  # (type, normalised mention)
@@ -320,7 +320,7 @@ def load_predictions(path: str, gold_examples: Sequence[Mapping]) -> list[dict]:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxfin.evaluate", description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog="python -m jaxfin.evaluate", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="HF model dir, jaxfin checkpoint or training workdir; generates greedily")
     source.add_argument("--predictions", help="JSONL of {id, completion} or {id, entities} made elsewhere")

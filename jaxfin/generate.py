@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Sequence
 
 from jaxfin import checkpoint, decode
+from jaxfin import errors
 from jaxfin.errors import UserError, run_cli
 
 FIELDS = ("input_ids", "messages", "prompt")
@@ -92,7 +93,7 @@ def _positive_int(s: str) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxfin.generate", description=__doc__.split("\n")[0],
+    p = errors.ArgumentParser(prog="python -m jaxfin.generate", description=__doc__.split("\n")[0],
                                 epilog="--debug shows the traceback of an error")
     p.add_argument("--model", required=True, help="HF model dir, jaxfin checkpoint or training workdir")
     p.add_argument("--prompts", required=True, help="input JSONL: input_ids | prompt | messages per line")

@@ -9,12 +9,16 @@ import re
 from jaxfin.errors import UserError
 
 # Only these files of a model repo are fetched: pickle `.bin` weights never are.
+# A path ending like a data or weights file is a mistyped local path, never a hub id.
+LOCAL_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".gz", ".py", ".safetensors", ".bin", ".txt"}
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
 
 def is_hub_id(path: str) -> bool:
     """`owner/name` that is not a local path."""
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path)) and not os.path.exists(path)
+    if os.path.exists(path) or path.startswith((".", "~")) or os.path.splitext(path)[1] in LOCAL_SUFFIXES:
+        return False
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path))
 
 
 def _first_line(e: BaseException) -> str:
@@ -28,7 +32,7 @@ def download_model(repo_id: str) -> str:
     try:
         return snapshot_download(repo_id, allow_patterns=MODEL_FILES)
     except Exception as e:  # offline, unknown id, gated: one line, whatever the hub client raised
-        raise UserError(f"{repo_id}: not a local directory, and downloading it from the Hugging Face hub failed: "
+        raise UserError(f"{repo_id}: no such local directory, and downloading it from the Hugging Face hub failed: "
                         f"{_first_line(e)}") from None
 
 
@@ -41,7 +45,8 @@ def load_dataset_split(where: str, *args, **kwargs):
     try:
         return datasets.load_dataset(*args, split="train", **kwargs)
     except Exception as e:  # offline, unknown id, unreadable file
-        raise UserError(f"{where}: cannot load the dataset: {_first_line(e)}") from None
+        what = "no such local file, and the hub dataset cannot be loaded" if is_hub_id(where) else "cannot load the dataset"
+        raise UserError(f"{where}: {what}: {_first_line(e)}") from None
     finally:
         if bars:
             datasets.enable_progress_bars()

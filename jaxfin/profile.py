@@ -13,7 +13,6 @@ bandwidth (a large on-device elementwise copy). GPU memory preallocation is off 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -27,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxfin import config_flags, flops
+from jaxfin import errors
 from jaxfin.errors import UserError, run_cli
 from jaxfin.model import ModelConfig
 
@@ -358,7 +358,7 @@ def table(r: dict) -> str:
 
 def main(argv: Sequence[str]) -> int:
     config, rest = config_flags.parse_args(argv, DEFAULT_CONFIG)
-    p = argparse.ArgumentParser(prog="python -m jaxfin.profile", description="Throughput, MFU and decode roofline "
+    p = errors.ArgumentParser(prog="python -m jaxfin.profile", description="Throughput, MFU and decode roofline "
                                 "of the train step and decoder at the config's model shape, beside transformers.")
     p.add_argument("--random-weights", action="store_true", help="random base weights (required: nothing is read)")
     p.add_argument("--out", help="result JSON file, or a folder (ending in /) for FOLDER/<device>_<model>.json")

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxfin import config_flags, convert, data, distributed, model, neftune, preemption, sharding, workdir
+from jaxfin import config_flags, data, hub, distributed, model, neftune, preemption, sharding, workdir
 from jaxfin import lora as lora_lib
 from jaxfin.errors import UserError, run_cli
 from jaxfin.model import ModelConfig, Params
@@ -110,15 +110,22 @@ def train_step(lora: Params, opt_state: optax.OptState, base: Params, batch: Bat
     # host-side branch, so there is one compile and no sync.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
+    # The lr this update used: the schedule at the optimizer's count of applied (finite) updates.
+    applied = next(s.count for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state) if _is_schedule_state(s))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(applied),
                "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "nonfinite": jnp.logical_not(finite)}
     return keep(optax.apply_updates(lora, updates), lora), keep(new_opt_state, opt_state), metrics
+
+
+def _is_schedule_state(x: Any) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                                   optax.Schedule]:
     """clip_by_global_norm + AdamW (Loshchilov & Hutter 2019), linear warmup then cosine decay to
-    lr * end_lr_ratio over optim.decay_steps (0: the whole run). Update k (1-based) uses schedule(k - 1)."""
+    lr * end_lr_ratio over optim.decay_steps (0: the whole run). The k-th applied update (1-based) uses
+    schedule(k - 1); a step skipped by the NaN guard applies none, so later steps lag by one."""
     decay = optim.decay_steps or total_steps
     warmup = min(optim.warmup_steps, decay)
     # Evaluated at k = count + 1 over a horizon of decay + 1: the first update gets lr / warmup (not 0) and the
@@ -256,10 +263,13 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
     if config.eval.max_examples > 0:
         eval_examples = eval_examples[: config.eval.max_examples]
-    # Place the base weights straight into their shards when the config can be read up front (HF directories).
-    peek = convert.read_hf_config(model_path)[1] if os.path.isfile(os.path.join(model_path, "config.json")) else None
-    base_model = checkpoint.load_model(model_path, dtype=config.model.dtype, shardings=None if peek is None else
+    # Place the base weights straight into their shards (a hub id is downloaded first, so its config is known).
+    local_path = hub.download_model(model_path) if hub.is_hub_id(model_path) else model_path
+    peek = checkpoint.model_config(local_path)
+    base_model = checkpoint.load_model(local_path, dtype=config.model.dtype, shardings=None if peek is None else
                                        sharding.param_shardings(peek, mesh))
+    if local_path != model_path:
+        base_model = dataclasses.replace(base_model, base_model_name_or_path=model_path)
     mcfg = base_model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl)
     if base_model.lora is not None:
         _check_model_adapters(model_path, base_model.lora_config, lcfg)
@@ -302,7 +312,7 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
         print(f"resuming {wd} from step {start}")
     del model_lora
     if jax.process_index() == 0:
-        workdir.write_run(wd, base_model=base_model.source or model_path, base_model_name_or_path=model_path,
+        workdir.write_run(wd, base_model=base_model.source or model_path, base_model_name_or_path=base_model.base_model_name_or_path or model_path,
                           model_config=mcfg, lora_config=lcfg, config={**config.to_dict(), "entity_types": types})
 
     step_fn = jit_train_step(mcfg, hp, tx, schedule, sh)

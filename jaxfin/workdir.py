@@ -171,7 +171,7 @@ def load_adapters(path: str, step: int | None = None) -> tuple[Params, LoraConfi
     step = latest_step(path) if step is None else step
     if step is None:
         raise UserError(f"{path}: the workdir has no checkpoint yet")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's (multi-host)
     like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                         lora_lib.shapes(cfg, lcfg))
     with ocp.CheckpointManager(os.path.abspath(os.path.join(path, CHECKPOINTS))) as mngr:

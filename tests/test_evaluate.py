@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxfin import evaluate, ner
+from jaxfin import errors
 from jaxfin.errors import UserError
 
 DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fire_financial_ner",
@@ -183,10 +184,12 @@ def test_bad_prediction_lines(tmp_path, line, message):
         evaluate.load_predictions(write_jsonl(tmp_path / "p.jsonl", [line]), GOLD)
 
 
-def test_max_examples_needs_model(tmp_path):
+def test_max_examples_needs_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--predictions", "p", "--data", "g", "--out", "o", "--max-examples", "3"])
+        errors.run_cli(evaluate.main, ["--predictions", "p", "--data", "g", "--out", "o", "--max-examples", "3"])
     assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --max-examples takes K >= 1 and only applies with --model (see python -m jaxfin.evaluate --help)"]
 
 
 @pytest.fixture(scope="module")

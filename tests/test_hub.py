@@ -12,6 +12,8 @@ def test_is_hub_id(tmp_path):
     assert hub.is_hub_id("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")
     assert hub.is_hub_id("Cleanlab/fire-financial-ner-extraction")
     assert not hub.is_hub_id("runs/tiny/../x/y")
+    assert not hub.is_hub_id("data/typo.jsonl")  # a mistyped local file, not a download
+    assert not hub.is_hub_id("./org/name") and not hub.is_hub_id("~/models")
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "b").mkdir()
     assert not hub.is_hub_id(str(tmp_path / "a" / "b"))
@@ -38,7 +40,7 @@ def test_dataset_hub_failure_is_one_line(monkeypatch):
         raise ConnectionError("Couldn't reach the Hugging Face Hub\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(UserError, match=r"^Cleanlab/x: cannot load the dataset: Couldn't reach the Hugging Face Hub$"):
+    with pytest.raises(UserError, match=r"^Cleanlab/x: no such local file, and the hub dataset cannot be loaded: Couldn't reach the Hugging Face Hub$"):
         ner.load_examples("Cleanlab/x")
 
 
@@ -61,5 +63,5 @@ def test_model_hub_failure_is_one_line(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'\ntrace")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(UserError, match=r"^org/model: not a local directory, and downloading .*couldn't connect"):
+    with pytest.raises(UserError, match=r"^org/model: no such local directory, and downloading .*couldn't connect"):
         checkpoint.load_model("org/model")

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin import checkpoint, convert, lora, peft_adapter
+from jaxfin import errors
 from jaxfin.errors import UserError, run_cli
 from jaxfin.model import Params
 
@@ -33,7 +34,7 @@ DTYPES = ("bfloat16", "float32", "float16")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python tools/convert_weights.py", description=__doc__.split("\n")[0],
+    p = errors.ArgumentParser(prog="python tools/convert_weights.py", description=__doc__.split("\n")[0],
                                 epilog="--debug shows the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="{to-jax,to-hf,to-peft}")
     jax_p = sub.add_parser("to-jax", help="HF model directory (+ PEFT LoRA adapter) -> jaxfin checkpoint")
@@ -111,8 +112,10 @@ def merge_by_layer(params: Params, adapters: Params, lcfg: lora.LoraConfig) -> P
 
 
 def to_hf(args: argparse.Namespace) -> None:
-    # Loaded as stored and cast while writing: a merge into f32 weights rounds once, to --dtype.
-    model = checkpoint.load_model(args.checkpoint, progress=True)
+    # A merge computes in f32 and rounds once: to the stored dtype (lora.merge casts back), or, with --dtype, loaded
+    # as f32 and rounded to --dtype while writing.
+    load_dtype = "float32" if args.merge_lora and args.dtype else None
+    model = checkpoint.load_model(args.checkpoint, dtype=load_dtype, progress=True)
     params = model.params
     if args.merge_lora:
         if model.lora is None:
