@@ -1,0 +1,20 @@
+"""The task registry: name -> factory of a jaxfin.tasks.base.Task (see base.py for the interface).
+
+    from jaxfin import tasks
+    task = tasks.get("fiqasa")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from jaxfin.tasks.base import Task
+
+REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def get(name: str, **options: Any) -> Task:
+    """The task registered as `name`; `options` go to its factory (e.g. fire's entity types)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown task {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name](**options)
