@@ -13,7 +13,7 @@ import ast
 import difflib
 import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
@@ -82,10 +82,11 @@ def override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
         raise UserError(f"--config.{key}={text}: {e}") from None
 
 
-def parse_args(argv: Sequence[str], default_config: str) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """`--config FILE` (default `default_config`) and `--config.key=value` overrides -> locked ConfigDict.
-    Returns the config and the arguments that were not config flags."""
-    path, overrides, rest = default_config, [], []
+def parse_args(argv: Sequence[str], default: Callable[[], ml_collections.ConfigDict]
+               ) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """`--config FILE` (default: the config `default()` returns) and `--config.key=value` overrides -> locked
+    ConfigDict. Returns the config and the arguments that were not config flags."""
+    path, overrides, rest = None, [], []
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -100,8 +101,16 @@ def parse_args(argv: Sequence[str], default_config: str) -> tuple[ml_collections
             overrides.append((key, text))
         else:
             rest.append(arg)
-    cfg = load_config(path)
+    cfg = default() if path is None else load_config(path)
     cfg.lock()
     for key, text in overrides:
         override(cfg, key, text)
     return cfg, rest
+
+
+def usage(prog: str, description: str, default_name: str) -> str:
+    """--help text of a config-file CLI."""
+    return (f"usage: {prog} [--config FILE] [--config.KEY=VALUE ...]\n\n{description}\n\n"
+            f"  --config FILE          an ml_collections config file defining get_config() (default: {default_name})\n"
+            f"  --config.KEY=VALUE     override one key, parsed by its type (e.g. --config.train.steps=100)\n"
+            f"  --debug                show the traceback of an error\n")

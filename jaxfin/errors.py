@@ -1,4 +1,15 @@
-"""User-facing errors: one clear line, a non-zero exit, no traceback unless --debug."""
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless --debug.
+
+The rule, followed across the package:
+  * Computation (model/, training/step.py and losses.py, infer/, the pure helpers of tasks/ and recipes/) raises
+    ValueError / TypeError for arguments it cannot work with: those are programming errors of the caller.
+  * The boundary where outside input enters turns what is wrong with it into a UserError naming the file and line,
+    the config key, the tensor or the flag: config checks (training/session.py, the CLIs), file readers (io/,
+    the task readers), argument parsing (ArgumentParser below). A ValueError from computation that a user's input
+    can cause is caught there and re-raised as a UserError with that name.
+  * run_cli prints a UserError (and an OSError about a file) as one `error: ...` line, exit code 2; anything else
+    is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 

@@ -19,9 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxfin import convert, model, ner
+from jaxfin.io import hf as hf_io
+from jaxfin.model import params as params_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.tasks import fire
 
-TYPES = ("Company", "Date", "Location", "Money", "Person", "Product", "Quantity")
+TYPES = fire.TYPES
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 USER, ASSISTANT, THINK, THINK_END = "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"
 
@@ -202,11 +205,11 @@ def hf_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, Any]:
     }
 
 
-def random_params(cfg: model.ModelConfig, seed: int) -> model.Params:
+def random_params(cfg: ModelConfig, seed: int) -> params_lib.Params:
     """Random params with fan-in scaling (LeCun normal: std 1/sqrt(fan_in); embeddings std 1; norm weights
-    1 + 0.1 normal), drawn with numpy over model.param_shapes.
+    1 + 0.1 normal), drawn with numpy over params.param_shapes.
 
-    Why not model.init_params (std 0.02 everywhere): behind the final RMSNorm a logit is at most
+    Why not params.init_params (std 0.02 everywhere): behind the final RMSNorm a logit is at most
     |h| * |lm_head row| = sqrt(D) * 0.02 sqrt(D) = 2.6 for D = 128, so LoRA on such a frozen base cannot get the
     loss below ~4.9 nats on a 1024-token vocabulary; with fan-in scaling the bound is sqrt(D) = 11 and attention
     scores start non-uniform. numpy also makes it milliseconds instead of seconds of per-leaf jax dispatch, and
@@ -226,19 +229,19 @@ def random_params(cfg: model.ModelConfig, seed: int) -> model.Params:
         fan_in = np.prod(shape[1 : 1 + fan_in_axes.get(name, 1)])  # layer weights are stacked on a leading L
         return x / np.float32(np.sqrt(fan_in))
 
-    return jax.tree_util.tree_map_with_path(leaf, model.param_shapes(cfg))
+    return jax.tree_util.tree_map_with_path(leaf, params_lib.param_shapes(cfg))
 
 
 def write_model(out_dir: str, tokenizer: Any, seed: int) -> None:
-    """Random params -> model.safetensors (via convert.state_dict_from_params) + config.json +
+    """Random params -> model.safetensors (via io/hf.state_dict_from_params) + config.json +
     generation_config.json."""
     from safetensors.numpy import save_file
 
     bos_id, eos_id = tokenizer.convert_tokens_to_ids(BOS), tokenizer.convert_tokens_to_ids(EOS)
     hf = hf_config(len(tokenizer), bos_id, eos_id)
-    cfg = model.ModelConfig.from_hf(hf)
+    cfg = ModelConfig.from_hf(hf)
     params = random_params(cfg, seed)
-    state = {name: np.ascontiguousarray(w, np.float32) for name, w in convert.state_dict_from_params(params, cfg)}
+    state = {name: np.ascontiguousarray(w, np.float32) for name, w in hf_io.state_dict_from_params(params, cfg)}
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
@@ -258,8 +261,8 @@ def write_tiny_assets(out_dir: str, seed: int = 0) -> TinyAssets:
     # The tokenizer sees what it will encode: every message of the training prompts and the JSON targets.
     corpus = []
     for ex in train:
-        instruction, text, output = ner.to_triple(ex, list(TYPES))
-        corpus += [m["content"] for m in ner.prompt_messages(instruction, text)] + [output]
+        instruction, text, output = fire.to_triple(ex, list(TYPES))
+        corpus += [m["content"] for m in fire.prompt_messages(instruction, text)] + [output]
     tokenizer = train_tokenizer(corpus)
     tokenizer.save_pretrained(model_dir)
     write_model(model_dir, tokenizer, seed)

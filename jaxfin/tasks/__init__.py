@@ -1,16 +1,17 @@
 """The task registry: name -> factory of a jaxfin.tasks.base.Task (see base.py for the interface).
 
     from jaxfin import tasks
-    task = tasks.get("fiqasa")
+    task = tasks.get("fire", types=["Company", "Person"])
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from jaxfin.tasks import fire
 from jaxfin.tasks.base import Task
 
-REGISTRY: dict[str, Callable[..., Task]] = {}
+REGISTRY: dict[str, Callable[..., Task]] = {"fire": fire.task}
 
 
 def get(name: str, **options: Any) -> Task:

@@ -17,6 +17,8 @@ import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+from jaxfin.errors import UserError
+
 Example = dict[str, Any]  # {"id": str unique within its file, ...the task's fields}
 Messages = list[dict[str, str]]
 Prediction = Any  # JSON-able; what `parse` returns and `score` consumes
@@ -26,12 +28,20 @@ Metrics = dict[str, Any]
 DATA_ENV = "JAXFIN_DATA"
 
 
+def _from_completion(task: "Task", row: Mapping[str, Any], where: str) -> Prediction:
+    if not isinstance(row.get("completion"), str):
+        raise UserError(f"{where}: needs 'completion' (a string)")
+    return task.parse(row["completion"])
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One task. `score` returns the metrics dict written to metrics.json: it names its primary metric under
     "primary" and gives that metric's 95 % bootstrap interval under f"{primary}_ci95"; the evaluation runner adds
     the task-independent keys (n_examples, overlength_rate). `details` adds per-example fields to
-    predictions.jsonl (e.g. false positives), `report` renders the task's own markdown section of report.md."""
+    predictions.jsonl (e.g. false positives); `report` renders report.md (default: evaluation.report's generic
+    page) and `charts` writes figures beside it; `from_row` reads one line of a predictions file made elsewhere
+    (default: its "completion", parsed)."""
 
     name: str
     primary: str
@@ -41,8 +51,10 @@ class Task:
     target: Callable[[Example], str]
     parse: Callable[[str], Prediction]
     score: Callable[[Sequence[Example], Sequence[Prediction]], Metrics]
-    details: Callable[[Example, Prediction], dict[str, Any]] = lambda ex, pred: {}
-    report: Callable[[Metrics], list[str]] | None = None  # None: a plain table of the scalar metrics
+    details: Callable[[Example, Prediction], dict[str, Any]] = lambda ex, pred: {"prediction": pred}
+    report: Callable[[Metrics, Sequence[dict], Mapping[str, str]], str] | None = None
+    charts: Callable[[str, Metrics], None] | None = None  # (out dir, metrics) -> figures written there
+    from_row: Callable[["Task", Mapping[str, Any], str], Prediction] = _from_completion
     labels: tuple[str, ...] = ()  # the label set (classes, or entity types) where the task has one
 
 

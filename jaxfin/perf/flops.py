@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import jax
 
-from jaxfin.model import ModelConfig
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import PROJECTION, PROJECTIONS, features
 
 # Dense (no 2:4 sparsity) bf16 matmul peak per device, FLOP/s, by device_kind as JAX reports it; first substring
 # match wins. Sources: NVIDIA H100 datasheet (SXM 989.4, PCIe 756 = half the "with sparsity" figures), H200 SXM
@@ -34,19 +35,15 @@ def peak_flops(device_kind: str) -> float | None:
 def matmul_params(cfg: ModelConfig) -> int:
     """N: weights of every matmul a token goes through, the output projection included and the input embedding
     (a lookup) excluded; norm weights and biases (elementwise, O(D)) are not matmul weights."""
-    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    q, kv = cfg.num_heads * H, cfg.num_kv_heads * H
-    per_layer = D * q + 2 * D * kv + q * D + 3 * D * F
-    return cfg.num_layers * per_layer + cfg.vocab_size * D
+    per_layer = sum(features(cfg, p.in_axis) * features(cfg, p.out_axis) for p in PROJECTIONS)
+    return cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size
 
 
 def lora_params(cfg: ModelConfig, targets: Sequence[str], rank: int) -> int:
     """N_lora: adapter weights, r * (in + out) per adapted projection and layer."""
-    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    q, kv = cfg.num_heads * H, cfg.num_kv_heads * H
-    in_out = {"q_proj": (D, q), "k_proj": (D, kv), "v_proj": (D, kv), "o_proj": (q, D), "gate_proj": (D, F),
-              "up_proj": (D, F), "down_proj": (F, D)}
-    return cfg.num_layers * sum(rank * sum(in_out[t]) for t in targets)
+    per_layer = sum(rank * (features(cfg, PROJECTION[t].in_axis) + features(cfg, PROJECTION[t].out_axis))
+                    for t in targets)
+    return cfg.num_layers * per_layer
 
 
 def flops_per_token(cfg: ModelConfig, targets: Sequence[str], rank: int, seq_len: int) -> tuple[float, str]:

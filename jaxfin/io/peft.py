@@ -27,18 +27,17 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from jaxfin import convert
 from jaxfin.errors import UserError
-from jaxfin import lora as lora_lib
-from jaxfin.lora import LoraConfig
-from jaxfin.model import LORA_TARGETS, ModelConfig, Params
-from jaxfin.safetensors_io import Writer, read_header, read_tensor
+from jaxfin.io.files import atomic_dir, read_json
+from jaxfin.io.safetensors import Writer, read_header, read_tensor
+from jaxfin.model import lora as lora_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.lora import LoraConfig
+from jaxfin.model.params import LORA_TARGETS, PROJECTION, Params
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
-_BLOCK = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-          "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
 # adapter_config.json keys that, when set, make the adapter compute something other than plain LoRA on the
 # seven projections: (key, what it is). `bias` and `peft_type` are checked separately.
@@ -61,7 +60,7 @@ _REFUSED = (
 
 def module_name(i: int, proj: str) -> str:
     """The transformers module name of projection `proj` in layer i (Llama / Qwen2 / Qwen3 alike)."""
-    return f"model.layers.{i}.{_BLOCK[proj]}.{proj}"
+    return f"model.layers.{i}.{PROJECTION[proj].block}.{proj}"
 
 
 def tensor_names(i: int, proj: str) -> tuple[str, str]:
@@ -115,9 +114,9 @@ def state_dict(lora: Params) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def save(out_dir: str | os.PathLike, lora: Params, lcfg: LoraConfig, *, base_model_name_or_path: str) -> None:
-    """Writes a PEFT adapter directory (atomically: a temp dir renamed into place, see convert.atomic_dir)."""
+    """Writes a PEFT adapter directory (atomically: a temp dir renamed into place, see files.atomic_dir)."""
     tensors = list(state_dict(lora))
-    with convert.atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         with Writer(tmp / WEIGHTS_NAME, [(n, t.shape, t.dtype) for n, t in tensors]) as w:
             for name, t in tensors:
                 w.write(name, t)
@@ -134,7 +133,7 @@ def read_config(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{adapter_dir}: no {CONFIG_NAME} (expected a PEFT adapter directory)")
-    config = convert.read_json(path)
+    config = read_json(path)
     if not isinstance(config, dict):
         raise UserError(f"{path}: not a JSON object")
     if config.get("peft_type") != "LORA":
@@ -256,8 +255,11 @@ def load(adapter_dir: str | os.PathLike, cfg: ModelConfig) -> tuple[Params, Lora
         raise UserError(f"{weights}: unexpected tensor {unexpected[0]} (not a lora_A/lora_B weight of a module "
                         f"that target_modules selects)")
     dropout = config.get("lora_dropout") or 0.0
-    lcfg = LoraConfig(rank=R, alpha=float(config["lora_alpha"]), rslora=bool(config.get("use_rslora")),
-                      dropout=float(dropout), targets=tuple(layers_of))
+    try:
+        lcfg = LoraConfig(rank=R, alpha=float(config["lora_alpha"]), rslora=bool(config.get("use_rslora")),
+                          dropout=float(dropout), targets=tuple(layers_of))
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
     tree: Params = {"layers": {}}
     for p, shapes in lora_lib.shapes(cfg, lcfg)["layers"].items():
         a = np.zeros(shapes["a"].shape, np.float32)  # [L, in, R]; layers the adapter skips stay 0: no delta

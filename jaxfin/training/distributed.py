@@ -1,5 +1,5 @@
-"""One training command on one process or many: jax.distributed start-up from the config, and which rows of the
-global batch this process loads.
+"""One training command on one process or many: jax.distributed start-up from the config (which rows of the
+global batch a process loads: data/batches.py).
 
     # every process (host) runs the same command, differing only in process_id:
     python -m jaxfin.train --config configs/lora.py --config.distributed.coordinator=10.0.0.1:1234 \
@@ -18,10 +18,7 @@ from typing import Callable, TypeVar
 
 import jax
 import ml_collections
-import numpy as np
-from jax.sharding import NamedSharding
 
-from jaxfin import data
 from jaxfin.errors import UserError
 
 KEYS = ("coordinator", "num_processes", "process_id")
@@ -50,11 +47,7 @@ def explicit_settings(dist: ml_collections.ConfigDict) -> tuple[str, int, int] |
     return coordinator, n, i
 
 
-def _backend_started() -> bool:
-    # No public query exists; jax.distributed.initialize raises a RuntimeError after this point (its own check).
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
+_TOO_LATE = "must be called before"  # jax.distributed.initialize's RuntimeError once a backend exists
 
 
 def initialize(dist: ml_collections.ConfigDict) -> None:
@@ -62,32 +55,36 @@ def initialize(dist: ml_collections.ConfigDict) -> None:
 
     Explicit settings: exactly those. None set: jax's own cluster detection (`auto_detect`), else one process.
     A library caller that has used JAX already (tests, notebooks) stays a single process, unless the config asks
-    for several processes, which is then an error."""
+    for several processes, which is then an error. (No public query tells whether a backend exists yet;
+    jax.distributed.initialize checks it first and raises RuntimeError, which is what decides here.)"""
     settings = explicit_settings(dist)
     if jax.distributed.is_initialized():  # e.g. train.run called twice in one program
-        return
-    if _backend_started():
-        if settings is not None and settings[1] > 1:
-            raise UserError("distributed.coordinator is set, but JAX was already in use in this program: start "
-                            "jax.distributed before any JAX call (python -m jaxfin.train does)")
         return
     # jax's CPU client needs a cross-process collectives library; gloo ships with jaxlib (mpi would need an MPI
     # install). An explicit JAX_CPU_COLLECTIVES_IMPLEMENTATION in the environment wins.
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if settings is not None:
-        coordinator, n, i = settings
-        # A process that cannot reach the others is aborted by jax (not an exception) after 300 s: say what it
-        # waits for first, so the log explains a hang.
-        print(f"jax.distributed: process {i} of {n} connecting to {coordinator} (waits up to 300 s for all "
-              f"{n} processes)", flush=True)
-        jax.distributed.initialize(coordinator, num_processes=n, process_id=i)
-    elif dist.auto_detect:
-        try:
-            jax.distributed.initialize()
-        except ValueError:  # no cluster environment: coordinator / process count unknown, nothing was started
+    try:
+        if settings is not None:
+            coordinator, n, i = settings
+            # A process that cannot reach the others is aborted by jax (not an exception) after 300 s: say what
+            # it waits for first, so the log explains a hang.
+            print(f"jax.distributed: process {i} of {n} connecting to {coordinator} (waits up to 300 s for all "
+                  f"{n} processes)", flush=True)
+            jax.distributed.initialize(coordinator, num_processes=n, process_id=i)
+        elif dist.auto_detect:
+            try:
+                jax.distributed.initialize()
+            except ValueError:  # no cluster environment: coordinator / process count unknown, nothing started
+                return
+        else:
             return
-    else:
+    except RuntimeError as e:
+        if _TOO_LATE not in str(e):
+            raise
+        if settings is not None and settings[1] > 1:
+            raise UserError("distributed.coordinator is set, but JAX was already in use in this program: start "
+                            "jax.distributed before any JAX call (python -m jaxfin.train does)") from None
         return
     print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
           f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
@@ -106,28 +103,3 @@ def main_first(name: str, fn: Callable[[], T]) -> T:
         out = fn()
     multihost_utils.sync_global_devices(f"{name}: all done")
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# This process's rows of a batch.
-
-
-def local_batch(packed: data.Packed, index: int, batch_size: int, seed: int, sharding: NamedSharding,
-                global_shape: tuple[int, int, int]) -> data.Batch:
-    """Batch `index` (data.batch_at) as this process's rows of the global [B, T] batch, in global order, for
-    train.micro_batches and then sharding.put_batch with `sharding` over `global_shape` = (A, B/A, T).
-
-    The rows are those the process's devices hold (jax.make_array_from_process_local_data wants exactly them),
-    whatever the device order of the mesh, so which process loads a row never changes the global batch; with
-    the batch replicated over processes (e.g. a tensor axis across hosts) several processes load the same rows.
-    Row r of micro-batch a is global row r*A + a, so a span [s, e) of micro-batch rows is the global block
-    [s*A, e*A): block s/(e-s) of (B/A)/(e-s) equal blocks, which data.batch_at materialises alone."""
-    rows = global_shape[1]
-    indices = sharding.addressable_devices_indices_map(global_shape).values()
-    spans = sorted({sl[1].indices(rows)[:2] for sl in indices})
-    width = spans[0][1] - spans[0][0]
-    if any(e - s != width for s, e in spans) or rows % width:
-        raise ValueError(f"batch sharding {sharding.spec} splits {rows} rows unevenly: {spans}")
-    parts = [data.batch_at(packed, index, batch_size, seed, process_index=s // width, process_count=rows // width)
-             for s, _ in spans]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,5 +1,5 @@
-"""The NER task as text: examples in one canonical format, loaders for the shared datasets, the prompt, the target
-JSON and the parser of model completions.
+"""NER datasets in one canonical format: loaders for the shared datasets' formats and the entity types of a set
+(the JSON NER task built on them is fire.py).
 
 Canonical example (the format of ../shared/data/fire_financial_ner/*_7types.jsonl):
   {"id": str, "text": str, "entities": {type: [mention, ...] | None}, ...extra fields kept}
@@ -17,13 +17,13 @@ import ast
 import csv
 import json
 import os
-import re
 import unicodedata
 import warnings
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from jaxfin import hub
 from jaxfin.errors import UserError
+from jaxfin.io import hub
+from jaxfin.io.files import json_line, read_jsonl
 
 Example = dict[str, Any]
 Entities = dict[str, list[str]]
@@ -74,31 +74,13 @@ def _detect(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
-                row = _json_line(path, lineno, line)
+                row = json_line(path, lineno, line)
                 if "ner_tags" in row:
                     return "finer_ord"
                 if "label" in row and "tokens" in row:
                     return "finben"
                 return "canonical"
     raise UserError(f"{path}: no examples (empty file)")
-
-
-def _json_line(path: str, lineno: int, line: str) -> dict:
-    try:
-        row = json.loads(line.rstrip("\r\n"))  # else a missing "}" is reported at column 1
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-    return row
-
-
-def read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; UserError naming file:line for a line that is not an object."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, _json_line(path, lineno, line)
 
 
 def _text(where: str, row: Mapping) -> str:
@@ -281,85 +263,3 @@ def entity_types(examples: Iterable[Mapping]) -> list[str]:
         for t in ex["entities"]:
             seen.setdefault(t, None)
     return list(seen)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Prompt and target.
-
-
-def to_triple(example: Mapping, types: Sequence[str]) -> tuple[str, str, str]:
-    """(instruction, input, output). The output is compact-ish JSON with every type a key and a list as value:
-    the unique mentions in data order, [] when there are none (never null: one value shape to learn)."""
-    template = json.dumps({t: [] for t in types})
-    instruction = (
-        f"Extract the named entities of these types from the text: {', '.join(types)}.\n"
-        "Answer with a JSON object only, with every type as a key and as its value the list of that type's "
-        f"mentions, each copied exactly from the text and listed once ([] if there are none): {template}"
-    )
-    entities = example["entities"]
-    output = {t: list(dict.fromkeys(entities.get(t) or ())) for t in types}
-    return instruction, example["text"], json.dumps(output, ensure_ascii=False)
-
-
-def prompt_messages(instruction: str, input: str) -> list[dict[str, str]]:
-    """One user turn, no system prompt: DeepSeek-R1's model card asks for all instructions in the user prompt."""
-    return [{"role": "user", "content": f"{instruction}\n\nText: {input}"}]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Parsing completions.
-
-_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)(?:```|$)", re.S)
-_DECODER = json.JSONDecoder()
-
-
-def strip_think(text: str) -> str:
-    """Drops reasoning: everything up to a leading unmatched "</think>" (the generation prompt opened the block),
-    every <think>...</think> block, and an unclosed <think> to the end (reasoning cut off, no answer)."""
-    close, open_ = text.find("</think>"), text.find("<think>")
-    if close != -1 and (open_ == -1 or close < open_):
-        text = text[close + len("</think>"):]
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
-    return re.sub(r"<think>.*", "", text, flags=re.S)
-
-
-def first_json_object(text: str) -> dict | None:
-    """The first complete, strictly valid JSON object in `text` (tried from each '{'); text after it is ignored."""
-    at = text.find("{")
-    while at != -1:
-        try:
-            obj, _ = _DECODER.raw_decode(text, at)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            return obj
-        at = text.find("{", at + 1)
-    return None
-
-
-def entities_from_json(obj: Mapping[str, Any]) -> Entities:
-    """Shapes a predicted object to {type: [str, ...]}: a single string becomes [string], null becomes []; list
-    items that are not strings, and values of any other shape, are dropped (no guessing)."""
-    out: Entities = {}
-    for t, v in obj.items():
-        if isinstance(v, str):
-            out[t] = [v]
-        elif isinstance(v, list):
-            out[t] = [m for m in v if isinstance(m, str)]
-        else:
-            out[t] = []
-    return out
-
-
-def parse_completion(text: str) -> Entities | None:
-    """Predicted entities of a completion, or None (parse failure) when it holds no complete JSON object.
-    Order: strip think blocks, prefer the first ``` fence's body, else the whole text. Never raises."""
-    if not isinstance(text, str):
-        return None
-    text = strip_think(text)
-    fence = _FENCE.search(text)
-    for candidate in ([fence.group(1)] if fence else []) + [text]:
-        obj = first_json_object(candidate)
-        if obj is not None:
-            return entities_from_json(obj)
-    return None

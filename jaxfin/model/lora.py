@@ -1,6 +1,6 @@
 """LoRA adapters (Hu et al. 2021, arXiv 2106.09685) as a separate pytree beside the frozen base params.
 
-The adapter tree is the interface with model.py and the PEFT export:
+The adapter tree is the interface with decoder.py and the PEFT export (io/peft.py):
   {"layers": {hf_name: {"a": [L, in, R] f32, "b": [L, R, out] f32}}},  delta W = a @ b * scale,
 where PEFT's lora_A.weight [R, in] = a[i].T and lora_B.weight [out, R] = b[i].T. Keeping adapters in their own
 tree means gradients and optimizer state exist only for them; `optimizer_labels` covers the case where one tree
@@ -16,19 +16,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxfin.errors import UserError
-from jaxfin.model import LORA_TARGETS, ModelConfig, Params
-
-# hf_name -> (base param leaf, logical axis of the input features, logical axis of the output features)
-PROJECTIONS = {
-    "q_proj": ("wq_DNH", "embed", "heads"),
-    "k_proj": ("wk_DKH", "embed", "kv_heads"),
-    "v_proj": ("wv_DKH", "embed", "kv_heads"),
-    "o_proj": ("wo_NHD", "heads", "embed"),
-    "gate_proj": ("w_gate_DF", "embed", "mlp"),
-    "up_proj": ("w_up_DF", "embed", "mlp"),
-    "down_proj": ("w_down_FD", "mlp", "embed"),
-}
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import LORA_TARGETS, PROJECTION, Params, features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +34,12 @@ class LoraConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.rank <= 0:
-            raise UserError(f"lora.rank must be a positive integer, got {self.rank}")
+            raise ValueError(f"lora.rank must be a positive integer, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         unknown = [t for t in self.targets if t not in LORA_TARGETS]
         if unknown or not self.targets:
-            raise UserError(f"lora.targets: unknown or empty {unknown or list(self.targets)} "
+            raise ValueError(f"lora.targets: unknown or empty {unknown or list(self.targets)} "
                             f"(choose from {', '.join(LORA_TARGETS)})")
 
     @property
@@ -67,13 +56,8 @@ class LoraConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise UserError(f"lora config: unknown key(s) {unknown} (expected {sorted(fields)})")
+            raise ValueError(f"lora config: unknown key(s) {unknown} (expected {sorted(fields)})")
         return cls(**{k: (tuple(v) if k == "targets" else v) for k, v in d.items()})
-
-
-def _features(cfg: ModelConfig, axis: str) -> int:
-    return {"embed": cfg.hidden_size, "heads": cfg.num_heads * cfg.head_dim,
-            "kv_heads": cfg.num_kv_heads * cfg.head_dim, "mlp": cfg.intermediate_size}[axis]
 
 
 def shapes(cfg: ModelConfig, lcfg: LoraConfig) -> Params:
@@ -81,9 +65,9 @@ def shapes(cfg: ModelConfig, lcfg: LoraConfig) -> Params:
     L, R = cfg.num_layers, lcfg.rank
     layers = {}
     for name in lcfg.targets:
-        _, in_axis, out_axis = PROJECTIONS[name]
-        layers[name] = {"a": jax.ShapeDtypeStruct((L, _features(cfg, in_axis), R), jnp.float32),
-                        "b": jax.ShapeDtypeStruct((L, R, _features(cfg, out_axis)), jnp.float32)}
+        p = PROJECTION[name]
+        layers[name] = {"a": jax.ShapeDtypeStruct((L, features(cfg, p.in_axis), R), jnp.float32),
+                        "b": jax.ShapeDtypeStruct((L, R, features(cfg, p.out_axis)), jnp.float32)}
     return {"layers": layers}
 
 
@@ -91,8 +75,8 @@ def logical_axes(lcfg: LoraConfig) -> Params:
     """Logical axis names of the adapter leaves, in the vocabulary of model.logical_axes (for sharding.py)."""
     layers = {}
     for name in lcfg.targets:
-        _, in_axis, out_axis = PROJECTIONS[name]
-        layers[name] = {"a": ("layers", in_axis, None), "b": ("layers", None, out_axis)}
+        p = PROJECTION[name]
+        layers[name] = {"a": ("layers", p.in_axis, None), "b": ("layers", None, p.out_axis)}
     return {"layers": layers}
 
 
@@ -111,7 +95,7 @@ def merge(params: Params, lora: Params, lcfg: LoraConfig) -> Params:
     """Base params with W + scale * a @ b folded in (computed in f32, cast back to W's dtype)."""
     layers = dict(params["layers"])
     for name, ad in lora["layers"].items():
-        leaf = PROJECTIONS[name][0]
+        leaf = PROJECTION[name].leaf
         w = layers[leaf]
         delta = jnp.einsum("lir,lro->lio", ad["a"].astype(jnp.float32), ad["b"].astype(jnp.float32)) * lcfg.scale
         layers[leaf] = (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
@@ -126,3 +110,29 @@ def optimizer_labels(tree: Params) -> Params:
         return "lora" if keys & set(LORA_TARGETS) else "frozen"
 
     return jax.tree_util.tree_map_with_path(label, tree)
+
+
+def _merged_layer(params: Params, adapters: Params, i: jax.Array, lcfg: LoraConfig) -> Params:
+    """merge of layer i alone: {param leaf: [1, ...] merged slice}."""
+    one = lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=True)  # noqa: E731
+    leaves = [PROJECTION[name].leaf for name in adapters["layers"]]
+    merged = merge({"layers": {k: one(params["layers"][k]) for k in leaves}}, jax.tree.map(one, adapters), lcfg)
+    return merged["layers"]
+
+
+def _write_layer(leaf_LX: jax.Array, new_1X: jax.Array, i: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(leaf_LX, new_1X, i, 0)
+
+
+def merge_by_layer(params: Params, adapters: Params, lcfg: LoraConfig) -> Params:
+    """merge one layer at a time, written in place into the (donated) stacked leaves, so the f32 temporaries
+    are one layer's: a whole-model merge of a bf16 model needs about its size again (Qwen2.5-1.5B: export peak RSS
+    9.4 GB whole vs 5.3 GB by layer, 5.5 GB without merging), with bit-identical results."""
+    merge_fn = jax.jit(_merged_layer, static_argnums=3)
+    write_fn = jax.jit(_write_layer, donate_argnums=0)
+    layers = dict(params["layers"])
+    for i in range(next(iter(adapters["layers"].values()))["a"].shape[0]):
+        merged = merge_fn({"layers": layers}, adapters, jnp.int32(i), lcfg)
+        for k, new in merged.items():
+            layers[k] = write_fn(layers[k], new, jnp.int32(i))
+    return {**params, "layers": layers}

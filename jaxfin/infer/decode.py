@@ -1,6 +1,6 @@
 """Greedy decoding: a jitted prefill over right-padded prompts, then an on-device `lax.while_loop` over a KV cache.
 
-The KV-cache layout follows model.decoder: every row writes its keys/values at its own absolute positions, and a
+The KV-cache layout follows decoder.decoder: every row writes its keys/values at its own absolute positions, and a
 query at position p sees cache slots s <= p. So a batch of prompts of different lengths is right-padded, the
 first new token of each row is read at its last real position, and row r's i-th new token is fed back at
 position len_r + i. Padding slots beyond a row's position hold garbage that is masked until it is overwritten.
@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxfin import model, sharding
 from jaxfin.errors import UserError
-from jaxfin.model import ModelConfig, Params
+from jaxfin.model import decoder as model
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import Params
+from jaxfin.training import sharding
 
 PAD_ID = -1  # written after a row has finished; never a real token id
 
@@ -117,17 +119,20 @@ def _generated(c: Completion) -> int:
     return len(c.token_ids) + (c.finish_reason == "stop")
 
 
-def _check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig) -> None:
+def check_prompts(prompts: Sequence[Sequence[int]], cfg: ModelConfig, where: Sequence[str] | None = None) -> None:
+    """UserError for the first prompt that is empty, longer than the model's positions, or has an id outside the
+    vocabulary. `where` names each prompt's source ("file:line") for the CLIs; by default prompts are numbered."""
     for i, p in enumerate(prompts):
+        at = None if where is None else where[i]
         if len(p) == 0:
-            raise UserError(f"prompt {i} is empty")
+            raise UserError(f"prompt {i} is empty" if at is None else f"{at}: the prompt has no tokens")
         if len(p) > cfg.max_position_embeddings:
-            raise UserError(f"prompt {i} has {len(p)} tokens, more than the model's max_position_embeddings "
-                            f"({cfg.max_position_embeddings})")
-        lo, hi = min(p), max(p)
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise UserError(f"prompt {i} has token id {lo if lo < 0 else hi} outside the vocabulary "
-                            f"[0, {cfg.vocab_size})")
+            raise UserError(f"{f'prompt {i}' if at is None else f'{at}: the prompt'} has {len(p)} tokens, more than "
+                            f"the model's max_position_embeddings ({cfg.max_position_embeddings})")
+        bad = next((t for t in p if not 0 <= t < cfg.vocab_size), None)
+        if bad is not None:
+            raise UserError(f"prompt {i} has token id {bad} outside the vocabulary [0, {cfg.vocab_size})" if at is None
+                            else f"{at}: token id {bad} is outside the model's vocabulary [0, {cfg.vocab_size})")
 
 
 def _split_rows(mesh: jax.sharding.Mesh, *arrays: np.ndarray) -> list[jax.Array]:
@@ -168,7 +173,7 @@ def greedy(
     those of every process; each process then passes the same prompts and gets every completion."""
     if max_new_tokens < 1 or batch_size < 1:
         raise UserError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
-    _check_prompts(prompts, cfg)
+    check_prompts(prompts, cfg)
     if not prompts:
         return []
     stop_set = set(stop_ids)

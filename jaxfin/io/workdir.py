@@ -14,20 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
-import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from tqdm import tqdm
 
-from jaxfin import lora as lora_lib
 from jaxfin.errors import UserError
-from jaxfin.lora import LoraConfig
-from jaxfin.model import ModelConfig, Params
+from jaxfin.io.files import write_json
+from jaxfin.model import lora as lora_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.lora import LoraConfig
+from jaxfin.model.params import Params
 
 RUN_JSON = "run.json"
 CHECKPOINTS = "checkpoints"
@@ -50,10 +49,7 @@ def write_run(workdir: str, *, base_model: str, base_model_name_or_path: str, mo
         "config": config,
     }
     os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, RUN_JSON + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, RUN_JSON))
+    write_json(os.path.join(workdir, RUN_JSON), record)
 
 
 def read_run(workdir: str) -> dict[str, Any]:
@@ -163,11 +159,18 @@ def restore(mngr: ocp.CheckpointManager, step: int, lora_like: Any, opt_state_li
     return out.lora, out.opt_state, out.meta
 
 
-def load_adapters(path: str, step: int | None = None) -> tuple[Params, LoraConfig, str, int]:
-    """(lora on the first device, LoraConfig, base model path, step) of a workdir's checkpoint (default latest)."""
+def run_configs(path: str) -> tuple[dict[str, Any], ModelConfig, LoraConfig]:
+    """(run.json, its ModelConfig, its LoraConfig); a record this version cannot read is one UserError line."""
     run = read_run(path)
-    cfg = ModelConfig(**run["model_config"])
-    lcfg = LoraConfig.from_dict(run["lora_config"])
+    try:
+        return run, ModelConfig.from_dict(run["model_config"]), LoraConfig.from_dict(run["lora_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{os.path.join(path, RUN_JSON)}: cannot read the model / LoRA config ({e})") from None
+
+
+def restore_adapters(path: str, step: int | None = None) -> tuple[Params, LoraConfig, str, int]:
+    """(lora on the first device, LoraConfig, base model path, step) of a workdir's checkpoint (default latest)."""
+    run, cfg, lcfg = run_configs(path)
     step = latest_step(path) if step is None else step
     if step is None:
         raise UserError(f"{path}: the workdir has no checkpoint yet")
@@ -182,60 +185,3 @@ def load_adapters(path: str, step: int | None = None) -> tuple[Params, LoraConfi
         except Exception as e:
             raise orbax_error(os.path.join(str(mngr.directory), str(step)), e, _DAMAGED) from e
     return lora, lcfg, run["base_model"], step
-
-
-class MetricsLog:
-    """metrics.jsonl (appended, never rewritten; see workdir.read_metrics), TensorBoard scalars and the tqdm bar;
-    files on process 0 only. Counts the steps skipped by the NaN/Inf guard: `nonfinite_steps` in every row is the
-    run's total so far (kept across resumes in the checkpoints), and `consecutive` the current streak."""
-
-    def __init__(self, wd: str, first: int, total: int, every: int, nonfinite: int = 0):
-        self.every, self.total, self.rows = max(every, 1), total, []
-        self.nonfinite, self.consecutive = nonfinite, 0
-        self.main = jax.process_index() == 0
-        self.bar = tqdm(total=total, initial=first, desc="train", unit="step", dynamic_ncols=True)
-        self.jsonl = open_metrics(wd) if self.main else None
-        if self.main:
-            from tensorboardX import SummaryWriter
-
-            # A resumed run re-logs the steps after its checkpoint: TensorBoard hides the older events from
-            # step first + 1 on, so the curve has no doubled stretch.
-            self.tb = SummaryWriter(os.path.join(wd, "tb"), purge_step=first + 1 if first else None)
-        self.tokens, self.t0 = 0, time.perf_counter()
-
-    def step(self, n: int, metrics: dict[str, Any]) -> bool:
-        """Step n's metrics (fetched from the device only now, after step n + 1 was dispatched); False if the
-        step was skipped for a non-finite loss or gradient."""
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        self.tokens += int(m.pop("tokens"))
-        skipped = bool(m.pop("nonfinite"))
-        self.nonfinite += skipped
-        self.consecutive = self.consecutive + 1 if skipped else 0
-        self.bar.update(1)
-        if skipped:
-            self.bar.write(f"step {n}: non-finite loss or gradients (loss {m['loss']}, grad_norm {m['grad_norm']}); "
-                           f"update skipped ({self.consecutive} in a row)", file=sys.stderr)
-        if n != 1 and n % self.every and n != self.total and not skipped:
-            return not skipped
-        now = time.perf_counter()
-        # JSON has no NaN/Infinity: non-finite values are written as null.
-        m = {k: v if math.isfinite(v) else None for k, v in m.items()}
-        row = {"step": n, **m, "tokens_per_sec": self.tokens / max(now - self.t0, 1e-9),
-               "nonfinite_steps": self.nonfinite}
-        self.tokens, self.t0 = 0, now
-        self.rows.append(row)
-        self.bar.set_postfix(loss="nan" if row["loss"] is None else f"{row['loss']:.4f}",
-                             tok_s=f"{row['tokens_per_sec']:.0f}")
-        if self.main:
-            self.jsonl.write(json.dumps(row) + "\n")
-            self.jsonl.flush()
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    self.tb.add_scalar(f"train/{k}", v, n)
-        return not skipped
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.main:
-            self.jsonl.close()
-            self.tb.close()

@@ -12,17 +12,17 @@ import math
 from typing import Any, Mapping, Sequence
 
 import jax
-import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from jaxfin import lora as lora_lib
-from jaxfin import model
 from jaxfin.errors import UserError
+from jaxfin.model import lora as lora_lib
+from jaxfin.model import params as params_lib
+from jaxfin.model.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-# logical axis (model.logical_axes, lora.logical_axes) -> mesh axis; None replicates.
+# logical axis (params.logical_axes, lora.logical_axes) -> mesh axis; None replicates.
 RULES: dict[str, Any] = {
     "batch": BATCH_AXES,
     "layers": None,
@@ -82,11 +82,11 @@ def _shardings(logical_tree: Any, shape_tree: Any, mesh: jax.sharding.Mesh) -> A
                         logical_tree, shape_tree, is_leaf=is_axes)
 
 
-def param_shardings(cfg: model.ModelConfig, mesh: jax.sharding.Mesh) -> Any:
-    return _shardings(model.logical_axes(cfg), model.param_shapes(cfg), mesh)
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
+    return _shardings(params_lib.logical_axes(cfg), params_lib.param_shapes(cfg), mesh)
 
 
-def lora_shardings(cfg: model.ModelConfig, lcfg: lora_lib.LoraConfig, mesh: jax.sharding.Mesh) -> Any:
+def lora_shardings(cfg: ModelConfig, lcfg: lora_lib.LoraConfig, mesh: jax.sharding.Mesh) -> Any:
     return _shardings(lora_lib.logical_axes(lcfg), lora_lib.shapes(cfg, lcfg), mesh)
 
 
@@ -113,7 +113,7 @@ class TrainShardings:
     replicated: NamedSharding
 
 
-def train_shardings(cfg: model.ModelConfig, lcfg: lora_lib.LoraConfig, tx: optax.GradientTransformation,
+def train_shardings(cfg: ModelConfig, lcfg: lora_lib.LoraConfig, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh) -> TrainShardings:
     lora_sh = lora_shardings(cfg, lcfg, mesh)
     return TrainShardings(
@@ -133,11 +133,3 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def batch_divisor(mesh: jax.sharding.Mesh) -> int:
     """Rows of a micro-batch must be a multiple of this (the data x fsdp size)."""
     return _axis_size(mesh, BATCH_AXES)
-
-
-def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding,
-              global_shape: tuple[int, ...]) -> dict[str, jax.Array]:
-    """Host numpy arrays -> global jax Arrays of `global_shape`. Each process passes its own slice of the global
-    batch, so the same call serves one process or many (jax.make_array_from_process_local_data)."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), global_shape)
-            for k, v in batch.items()}

@@ -6,24 +6,21 @@ f32 (Zhang & Sennrich 2019), rotary embeddings in the rotate-half layout (see ro
 
 Shape legend used in every name of the package:
   B batch, T query length, S key length, D model, N query heads, K kv heads, H head dim, F mlp,
-  V vocab, L layers, R LoRA rank.
+  V vocab, L layers, R LoRA rank, A gradient-accumulation micro-batches.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxfin import rope
+from jaxfin.model import rope
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import Params
 
-Params = dict[str, Any]
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -31,172 +28,6 @@ REMAT_POLICIES = {
     "dots_all": jax.checkpoint_policies.dots_saveable,
 }
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyperparameters (hashable: safe as a static argument to jit)."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    model_type: str = "llama"  # llama | qwen2 | qwen3
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_type: str = "default"  # default | llama3 | yarn
-    rope_factor: float = 1.0
-    rope_original_max_position: int = 8192
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_attention_factor: float | None = None
-    rope_beta_fast: float = 32.0
-    rope_beta_slow: float = 1.0
-    rope_mscale: float | None = None
-    rope_mscale_all_dim: float | None = None
-    rope_truncate: bool = True
-    max_position_embeddings: int = 8192
-    attention_bias: bool = False
-    qk_norm: bool = False
-    tie_word_embeddings: bool = False
-    dtype: str = "float32"  # activation / compute dtype
-    remat: str = "none"  # key of REMAT_POLICIES
-    attention_impl: str | None = None  # None (XLA picks) | "xla" | "cudnn"
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    def replace(self, **changes: Any) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        """Reads a transformers `config.json` dict, in the transformers-4 (`rope_theta`, `rope_scaling`) or the
-        transformers-5 (`rope_parameters`) format. Raises ValueError naming the key for what we cannot run."""
-        archs = hf.get("architectures") or []
-        arch = archs[0] if archs else None
-        model_type = ARCHITECTURES.get(arch) if arch else hf.get("model_type")
-        if model_type not in ("llama", "qwen2", "qwen3"):
-            raise ValueError(
-                f"unsupported architecture {arch or hf.get('model_type')!r} "
-                f"(supported: {', '.join(sorted(ARCHITECTURES))})"
-            )
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (only silu)")
-        if hf.get("use_sliding_window"):
-            raise ValueError("unsupported use_sliding_window=true (sliding-window attention is not implemented)")
-        rope_params = dict(hf.get("rope_parameters") or {})
-        if "rope_theta" not in rope_params:
-            scaling = hf.get("rope_scaling") or {}
-            rope_params = {**scaling, "rope_theta": hf.get("rope_theta", 10000.0)}
-        rope_type = rope_params.get("rope_type", rope_params.get("type", "default")) or "default"
-        if rope_type not in ("default", "llama3", "yarn"):
-            raise ValueError(f"unsupported rope type {rope_type!r} in rope_scaling/rope_parameters")
-        heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
-        max_pos = hf.get("max_position_embeddings", 8192)
-        fields = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=head_dim,
-            model_type=model_type,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_params["rope_theta"]),
-            rope_type=rope_type,
-            rope_factor=float(rope_params.get("factor") or 1.0),
-            rope_original_max_position=int(rope_params.get("original_max_position_embeddings") or max_pos),
-            rope_low_freq_factor=float(rope_params.get("low_freq_factor", 1.0)),
-            rope_high_freq_factor=float(rope_params.get("high_freq_factor", 4.0)),
-            rope_attention_factor=rope_params.get("attention_factor"),
-            rope_beta_fast=float(rope_params.get("beta_fast") or 32.0),
-            rope_beta_slow=float(rope_params.get("beta_slow") or 1.0),
-            rope_mscale=rope_params.get("mscale"),
-            rope_mscale_all_dim=rope_params.get("mscale_all_dim"),
-            rope_truncate=bool(rope_params.get("truncate", True)),
-            max_position_embeddings=max_pos,
-            attention_bias=bool(hf.get("attention_bias", model_type == "qwen2")),
-            qk_norm=model_type == "qwen3",
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        )
-        fields.update(overrides)
-        return cls(**fields)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Parameters: one table of shapes and logical axes, used by init, sharding and conversion.
-
-
-def param_specs(cfg: ModelConfig) -> Params:
-    """Pytree of (shape, logical axes) in the layout of the params. Layer weights are stacked on a leading L."""
-    D, F, N, K, H, V, L = (
-        cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size,
-        cfg.num_layers,
-    )
-    layers = {
-        "attn_norm_D": ((L, D), ("layers", None)),
-        "wq_DNH": ((L, D, N, H), ("layers", "embed", "heads", None)),
-        "wk_DKH": ((L, D, K, H), ("layers", "embed", "kv_heads", None)),
-        "wv_DKH": ((L, D, K, H), ("layers", "embed", "kv_heads", None)),
-        "wo_NHD": ((L, N, H, D), ("layers", "heads", None, "embed")),
-        "mlp_norm_D": ((L, D), ("layers", None)),
-        "w_gate_DF": ((L, D, F), ("layers", "embed", "mlp")),
-        "w_up_DF": ((L, D, F), ("layers", "embed", "mlp")),
-        "w_down_FD": ((L, F, D), ("layers", "mlp", "embed")),
-    }
-    if cfg.attention_bias:
-        layers["bq_NH"] = ((L, N, H), ("layers", "heads", None))
-        layers["bk_KH"] = ((L, K, H), ("layers", "kv_heads", None))
-        layers["bv_KH"] = ((L, K, H), ("layers", "kv_heads", None))
-    if cfg.qk_norm:
-        layers["q_norm_H"] = ((L, H), ("layers", None))
-        layers["k_norm_H"] = ((L, H), ("layers", None))
-    specs: Params = {
-        "embed_VD": ((V, D), ("vocab", "embed")),
-        "layers": layers,
-        "final_norm_D": ((D,), (None,)),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head_VD"] = ((V, D), ("vocab", "embed"))
-    return specs
-
-
-def _is_spec(x: Any) -> bool:
-    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple)
-
-
-def param_shapes(cfg: ModelConfig, dtype: Any = jnp.float32) -> Params:
-    """ShapeDtypeStructs of the params, e.g. for jax.eval_shape-free sharding plans."""
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s[0], dtype), param_specs(cfg), is_leaf=_is_spec)
-
-
-def logical_axes(cfg: ModelConfig) -> Params:
-    return jax.tree.map(lambda s: s[1], param_specs(cfg), is_leaf=_is_spec)
-
-
-def init_params(cfg: ModelConfig, key: jax.Array, dtype: Any = jnp.float32) -> Params:
-    """Random params (normal, std 0.02; norms around 1) for tests and benchmarks."""
-    specs = param_specs(cfg)
-    flat, treedef = jax.tree.flatten_with_path(specs, is_leaf=_is_spec)
-    keys = jax.random.split(key, len(flat))
-    leaves = []
-    for (path, (shape, _)), k in zip(flat, keys):
-        name = jax.tree_util.keystr(path)
-        if "norm" in name:
-            leaves.append((1.0 + 0.1 * jax.random.normal(k, shape)).astype(dtype))
-        else:
-            leaves.append((0.02 * jax.random.normal(k, shape)).astype(dtype))
-    return jax.tree.unflatten(treedef, leaves)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Forward.
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

@@ -1,14 +1,15 @@
-"""jaxfin model checkpoints (orbax), and `load_model`, which opens any model path the CLIs accept.
+"""jaxfin model checkpoints (orbax), and `load`, which opens any model path the CLIs accept.
 
 A jaxfin checkpoint directory:
 
   CKPT/jaxfin_model.json   format tag, ModelConfig, the source config.json and generation_config.json, LoRA config
-  CKPT/params/             orbax StandardCheckpointer: the base params pytree (model.py layout)
-  CKPT/lora/               orbax, optional: LoRA adapters (lora.py layout)
+  CKPT/params/             orbax StandardCheckpointer: the base params pytree (model/params.py layout)
+  CKPT/lora/               orbax, optional: LoRA adapters (model/lora.py layout)
   CKPT/tokenizer/          the source's tokenizer files, byte for byte
 
-A model path is one of: a transformers model directory (config.json + safetensors), a jaxfin checkpoint, or a
-training workdir (jaxfin.workdir: the base model it records plus the adapters of its latest checkpoint).
+A model path is one of: a transformers model directory (config.json + safetensors), a Hugging Face hub id, a
+jaxfin checkpoint, or a training workdir (io/workdir.py: the base model it records plus the adapters of its
+latest checkpoint). `load` is the one resolver every CLI and the training loop use.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxfin import convert, hub
 from jaxfin.errors import UserError
-from jaxfin.model import ModelConfig, Params, param_specs
+from jaxfin.io import hf, hub, workdir
+from jaxfin.io.files import atomic_dir, read_json, write_files
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.lora import LoraConfig
+from jaxfin.model.params import Params, param_specs
 
 MODEL_JSON = "jaxfin_model.json"
 FORMAT = "jaxfin-model"
@@ -42,7 +46,7 @@ class Model:
     generation_config: dict
     tokenizer_dir: str | None
     lora: Params | None = None
-    lora_config: Any = None  # jaxfin.lora.LoraConfig
+    lora_config: LoraConfig | None = None
     source: str = ""  # absolute path it was loaded from
     base_model_name_or_path: str = ""  # the base model's hub id or path, as exports record it (PEFT's field)
 
@@ -56,7 +60,7 @@ class Model:
         return ()
 
     def tokenizer_files(self) -> dict[str, bytes]:
-        return convert.tokenizer_files(self.tokenizer_dir) if self.tokenizer_dir else {}
+        return hf.tokenizer_files(self.tokenizer_dir) if self.tokenizer_dir else {}
 
     def tokenizer(self) -> Any:
         """transformers.AutoTokenizer over the model's tokenizer files (no remote code), or None without any."""
@@ -79,7 +83,7 @@ def save_model(
     generation_config: Mapping[str, Any] | None,
     tokenizer_files: Mapping[str, bytes],
     lora: Params | None = None,
-    lora_config: Any = None,
+    lora_config: LoraConfig | None = None,
     source: str | None = None,
     base_model_name_or_path: str | None = None,
 ) -> None:
@@ -96,7 +100,7 @@ def save_model(
         "source": source,
         "base_model_name_or_path": base_model_name_or_path or source,
     }
-    with convert.atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", params)
             if lora is not None:
@@ -105,7 +109,7 @@ def save_model(
         if tokenizer_files:
             # config.json beside the tokenizer files: transformers 5 picks the tokenizer class from its model_type,
             # so the tokenizer then loads exactly as it does from the source HF directory.
-            convert.write_files(tmp / "tokenizer", {**tokenizer_files, "config.json": json.dumps(dict(hf_config)).encode()})
+            write_files(tmp / "tokenizer", {**tokenizer_files, "config.json": json.dumps(dict(hf_config)).encode()})
         (tmp / MODEL_JSON).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -123,8 +127,6 @@ def _restore(path: Path, expected: Params | None, dtype: Any, shardings: Params 
     except UserError:
         raise
     except Exception as e:  # orbax / tensorstore raise many types for damaged files; all mean the same here
-        from jaxfin import workdir
-
         raise workdir.orbax_error(str(path), e, "damaged or incomplete orbax checkpoint") from e
 
 
@@ -143,31 +145,20 @@ def _restore_orbax(path: Path, expected: Params | None, dtype: Any, shardings: P
         return ckptr.restore(path, like)
 
 
-def _load_checkpoint(path: Path, dtype: Any, shardings: Params | None) -> Model:
-    record = _read_record(path)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in record["model_config"].items() if k in known})
-    params = _restore(path / "params", param_specs(cfg), dtype, shardings)
-    lora, lora_config = _checkpoint_adapters(path, record)
-    tokenizer_dir = path / "tokenizer"
-    return Model(params, cfg.replace(dtype=str(params["embed_VD"].dtype)), record["hf_config"],
-                 record.get("generation_config") or {}, str(tokenizer_dir) if tokenizer_dir.is_dir() else None,
-                 lora, lora_config, str(path.absolute()), _base_id(record))
-
-
 def _read_record(path: Path) -> dict:
-    record = convert.read_json(path / MODEL_JSON)
-    if record.get("format") != FORMAT or record.get("version", 0) > VERSION:
+    record = read_json(path / MODEL_JSON)
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version", 0) > VERSION:
         raise UserError(f"{path / MODEL_JSON}: not a jaxfin model checkpoint of version <= {VERSION}")
     return record
 
 
-def _checkpoint_adapters(path: Path, record: dict) -> tuple[Params | None, Any]:
-    if record.get("lora_config") is None:
-        return None, None
-    from jaxfin.lora import LoraConfig
-
-    return _restore(path / "lora", None, None, None), LoraConfig.from_dict(record["lora_config"])
+def _record_configs(path: Path, record: dict) -> tuple[ModelConfig, LoraConfig | None]:
+    try:
+        cfg = ModelConfig.from_dict(record["model_config"])
+        lcfg = None if record.get("lora_config") is None else LoraConfig.from_dict(record["lora_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path / MODEL_JSON}: cannot read the model / LoRA config ({e})") from None
+    return cfg, lcfg
 
 
 def _base_id(record: dict) -> str:
@@ -183,71 +174,85 @@ def _workdir_base_id(run: dict) -> str:
     return run.get("base_model_name_or_path") or run["base_model"]
 
 
-def load_adapters(path: str | os.PathLike) -> tuple[Params, Any, ModelConfig, str]:
+def _local(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """(absolute local path, hub id or None): a hub id is downloaded first (orbax needs absolute paths)."""
+    if hub.is_hub_id(str(path)):
+        return Path(hub.download_model(str(path))).absolute(), str(path)
+    p = Path(path).absolute()
+    if not p.is_dir():
+        raise UserError(f"{path}: no such model directory")
+    return p, None
+
+
+def _not_a_model(path: str | os.PathLike) -> UserError:
+    return UserError(f"{path}: not a model directory (no config.json, {MODEL_JSON} or {workdir.RUN_JSON})")
+
+
+def describe(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, config.json dict) of any model path without loading weights (a hub id is downloaded first;
+    a workdir answers for its base model), so callers can build shardings or a peer model before loading."""
+    p, _ = _local(path)
+    if is_checkpoint(p):
+        record = _read_record(p)
+        return _record_configs(p, record)[0], record["hf_config"]
+    if (p / "config.json").is_file():
+        hf_config, cfg = hf.read_hf_config(p)
+        return cfg, hf_config
+    if workdir.is_workdir(str(p)):
+        return describe(workdir.read_run(str(p))["base_model"])
+    raise _not_a_model(path)
+
+
+Shardings = Params | Callable[[ModelConfig], Params] | None
+
+
+def load(path: str | os.PathLike, *, dtype: Any = None, shardings: Shardings = None, progress: bool = False) -> Model:
+    """Opens any model path: an HF model directory or hub id, a jaxfin checkpoint, or a training workdir (its
+    latest checkpoint's adapters on the base model the workdir records). Params are cast to `dtype` (default: as
+    stored) and the compute dtype `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params,
+    or a function of the ModelConfig giving one) places them as they are read."""
+    p, hub_id = _local(path)
+    if is_checkpoint(p):
+        record = _read_record(p)
+        cfg, lcfg = _record_configs(p, record)
+        params = _restore(p / "params", param_specs(cfg), dtype, _placement(shardings, cfg))
+        lora = None if lcfg is None else _restore(p / "lora", None, None, None)
+        tokenizer_dir = p / "tokenizer"
+        return Model(params, cfg.replace(dtype=str(params["embed_VD"].dtype)), record["hf_config"],
+                     record.get("generation_config") or {}, str(tokenizer_dir) if tokenizer_dir.is_dir() else None,
+                     lora, lcfg, str(p), _base_id(record))
+    if (p / "config.json").is_file():
+        params, cfg, hf_config = hf.load_hf(p, dtype=dtype, shardings=_placement(shardings, hf.read_hf_config(p)[1]),
+                                            progress=progress)
+        return Model(params, cfg, hf_config, hf.read_generation_config(p) or {},
+                     str(p) if hf.has_tokenizer(p) else None, source=str(p), base_model_name_or_path=hub_id or str(p))
+    if workdir.is_workdir(str(p)):
+        lora, lcfg, base_path, _ = workdir.restore_adapters(str(p))
+        base = load(base_path, dtype=dtype, shardings=shardings, progress=progress)
+        return dataclasses.replace(base, lora=lora, lora_config=lcfg, source=str(p),
+                                   base_model_name_or_path=_workdir_base_id(workdir.read_run(str(p))))
+    raise _not_a_model(path)
+
+
+def _placement(shardings: Shardings, cfg: ModelConfig) -> Params | None:
+    return shardings(cfg) if callable(shardings) else shardings
+
+
+def load_adapters(path: str | os.PathLike) -> tuple[Params, LoraConfig, ModelConfig, str]:
     """(lora, LoraConfig, ModelConfig, base model id) of a jaxfin checkpoint with adapters or of a training
     workdir (its latest checkpoint), without reading the base weights."""
     p = Path(path).absolute()
     if is_checkpoint(p):
         record = _read_record(p)
-        lora, lora_config = _checkpoint_adapters(p, record)
-        if lora is None:
+        cfg, lcfg = _record_configs(p, record)
+        if lcfg is None:
             raise UserError(f"{path}: the checkpoint has no LoRA adapters")
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        return lora, lora_config, ModelConfig(**{k: v for k, v in record["model_config"].items() if k in known}), \
-            _base_id(record)
-    from jaxfin import workdir
-
+        return _restore(p / "lora", None, None, None), lcfg, cfg, _base_id(record)
     if workdir.is_workdir(str(p)):
-        run = workdir.read_run(str(p))
-        lora, lora_config, _, _ = workdir.load_adapters(str(p))
-        return lora, lora_config, ModelConfig(**run["model_config"]), _workdir_base_id(run)
+        run, cfg, _ = workdir.run_configs(str(p))
+        lora, lcfg, _, _ = workdir.restore_adapters(str(p))
+        return lora, lcfg, cfg, _workdir_base_id(run)
     if p.is_dir() and (p / "config.json").is_file():
         raise UserError(f"{path}: a transformers model directory has no jaxfin LoRA adapters (expected a jaxfin "
                         f"checkpoint or a training workdir)")
     raise UserError(f"{path}: not a jaxfin checkpoint or training workdir")
-
-
-def model_config(path: str | os.PathLike) -> ModelConfig | None:
-    """The ModelConfig of a model path without loading weights (None for a hub id not downloaded yet), so callers
-    can build shardings and load the params straight into them."""
-    p = Path(path)
-    if is_checkpoint(p):
-        record = convert.read_json(p / MODEL_JSON)
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        return ModelConfig(**{k: v for k, v in record.get("model_config", {}).items() if k in known})
-    if (p / "config.json").is_file():
-        return convert.read_hf_config(p)[1]
-    from jaxfin import workdir
-
-    if workdir.is_workdir(str(p)):
-        return model_config(workdir.read_run(str(p))["base_model"])
-    return None
-
-
-def load_model(
-    path: str | os.PathLike, *, dtype: Any = None, shardings: Params | None = None, progress: bool = False
-) -> Model:
-    """Opens an HF model directory, a jaxfin checkpoint, or a training workdir (its latest checkpoint's adapters on
-    the base model the workdir records). Params are cast to `dtype` (default: as stored) and the compute dtype
-    `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params) places them."""
-    p = Path(path).absolute()  # orbax needs absolute paths
-    base_id = None
-    if hub.is_hub_id(str(path)):
-        p, base_id = Path(hub.download_model(str(path))), str(path)
-    if not p.is_dir():
-        raise UserError(f"{path}: no such model directory")
-    if is_checkpoint(p):
-        return _load_checkpoint(p, dtype, shardings)
-    if (p / "config.json").is_file():
-        params, cfg, hf_config = convert.load_hf(p, dtype=dtype, shardings=shardings, progress=progress)
-        return Model(params, cfg, hf_config, convert.read_generation_config(p) or {},
-                     str(p) if convert.has_tokenizer(p) else None, source=str(p.absolute()),
-                     base_model_name_or_path=base_id or str(p))
-    from jaxfin import workdir  # the training side imports this module; import lazily
-
-    if workdir.is_workdir(str(p)):
-        lora, lora_config, base_path, step = workdir.load_adapters(str(p))
-        base = load_model(base_path, dtype=dtype, shardings=shardings, progress=progress)
-        return dataclasses.replace(base, lora=lora, lora_config=lora_config, source=str(p.absolute()),
-                                   base_model_name_or_path=_workdir_base_id(workdir.read_run(str(p))))
-    raise UserError(f"{path}: not a model directory (no config.json, {MODEL_JSON} or {workdir.RUN_JSON})")

@@ -1,14 +1,14 @@
 """The peer that `python -m jaxfin.profile` compares against: the same LoRA (+ NEFTune) training step with
 transformers + peft, and transformers `generate`, on the same device, at the same shapes.
 
-    python -m jaxfin.torch_peer SPEC.json OUT.json      (run by jaxfin.profile, one child process per run)
+    python -m jaxfin.perf.torch_peer SPEC.json OUT.json      (run by jaxfin.profile, one child process per run)
 
 It runs in its own process, which never imports JAX (and jaxfin.profile never imports torch): torch and XLA each
 keep a GPU memory pool that they do not give back while the process lives, and each loads its own CUDA
 libraries. jaxfin.profile starts the child before JAX allocates anything, so each side has the device in turn.
 torch, transformers and peft are test extras, imported only inside the child's functions.
 
-The step mirrors jaxfin.train.train_step: peft LoRA (same rank, alpha, rsLoRA, dropout, targets; adapters in f32
+The step mirrors jaxfin.training.step.train_step with losses.sft_loss: peft LoRA (same rank, alpha, rsLoRA, dropout, targets; adapters in f32
 as peft's `autocast_adapter_dtype` keeps them), NEFTune noise on the input embeddings in training, the packed
 rows given as `position_ids` (transformers then masks attention per segment, with sdpa), gradient accumulation
 over the same micro-batches, gradient clipping and AdamW; gradient checkpointing when jaxfin remats.
@@ -43,7 +43,7 @@ def launch(spec: dict, batch_np: dict[str, np.ndarray], platform: str) -> tuple[
         with open(spec_path, "w") as f:
             json.dump(spec, f)
         print("peer: transformers + peft in a child process", file=sys.stderr)
-        proc = subprocess.run([sys.executable, "-m", "jaxfin.torch_peer", spec_path, out_path],
+        proc = subprocess.run([sys.executable, "-m", "jaxfin.perf.torch_peer", spec_path, out_path],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -171,7 +171,7 @@ def run(spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m jaxfin.torch_peer SPEC.json OUT.json", file=sys.stderr)
+        print("usage: python -m jaxfin.perf.torch_peer SPEC.json OUT.json", file=sys.stderr)
         return 2
     with open(argv[0]) as f:
         spec = json.load(f)

@@ -1,0 +1,101 @@
+"""Files in and out, one copy each: atomic writes of a file or a directory (a reader never sees half of one, and
+a failure leaves nothing in place of the old output), and JSON / JSONL reading whose errors name file:line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from jaxfin.errors import UserError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """write(tmp) into a temporary file beside `path`, then rename it over `path` (same directory: the rename
+    cannot cross filesystems); on failure the temporary file is removed and `path` is untouched."""
+    head, tail = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """`text` (UTF-8) written atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object per line (UTF-8, non-ASCII kept), written atomically."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yields a fresh temp dir beside `out_dir`; on success it replaces `out_dir` (removed first if present), on
+    failure it is deleted, so readers never see a half-written directory."""
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def write_files(out_dir: Path, files: Mapping[str, bytes]) -> None:
+    """name (relative, may contain folders) -> bytes, written under `out_dir`."""
+    for name, data in files.items():
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_bytes(data)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file; UserError naming the file and line when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def json_line(path: str, lineno: int, line: str, invalid: str = "malformed JSON") -> dict:
+    """One JSONL line as an object; UserError "FILE:LINE: <invalid> (reason at column C)" otherwise."""
+    try:
+        row = json.loads(line.rstrip("\r\n"))  # else a missing "}" is reported at column 1
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: {invalid} ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def read_jsonl(path: str, invalid: str = "malformed JSON") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; UserError naming file:line for a line that is not a JSON
+    object (`invalid` words the message for text that is not JSON at all)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, json_line(path, lineno, line, invalid)

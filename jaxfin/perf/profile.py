@@ -1,0 +1,324 @@
+"""Throughput of the real train step and decoder at a config's model shape, with random weights: tokens/s, MFU,
+decode roofline fraction, and transformers + peft on the same device in the same run (`python -m jaxfin.profile`).
+
+Order of a run: the peer (perf/torch_peer.py, a child process, started before JAX allocates anything), then the
+train step (training/step.jit_train_step with losses.sft_loss: LoRA + NEFTune per the config, compiled once, warm-up, then --steps
+timed steps, median), the decoder (decode.prefill + decode.decode_loop at batch 1 and 32), and last the memory
+bandwidth (a large on-device elementwise copy). GPU memory preallocation is off (XLA_PYTHON_CLIENT_PREALLOCATE
+=false unless set) so that the peer can run first on an empty device; JAX then grows its pool on demand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfin import synthetic
+from jaxfin.data import batches
+from jaxfin.errors import UserError
+from jaxfin.infer import decode
+from jaxfin.io import store
+from jaxfin.model import decoder, params as params_lib, presets
+from jaxfin.model.config import ModelConfig
+from jaxfin.perf import flops, torch_peer
+from jaxfin.training import losses, session, sft, sharding, step
+TINY_VOCAB = 1024  # len() of the tokenizer jaxfin.synthetic trains (1022 BPE tokens + <think>, </think>)
+DECODE_BATCHES = (1, 32)
+
+# --------------------------------------------------------------------------------------------------------------
+# The model shape and the data.
+
+
+def resolve_model(path: str | None) -> tuple[str, dict]:
+    """(model name, config.json dict) for config.model.path: None (the tiny synthetic model), any model path
+    (io/store.describe; a workdir answers for its base model), or a preset name / hub id of model/presets.py."""
+    known = {"tiny": synthetic.hf_config(TINY_VOCAB, bos_id=0, eos_id=1), **presets.PRESETS}
+    if path is None:
+        return "tiny", known["tiny"]
+    if os.path.isdir(path):
+        shape, hf = store.describe(path)
+        same = [k for k, v in known.items() if ModelConfig.from_hf(v).architecture == shape.architecture]
+        return (same[0] if same else os.path.basename(os.path.normpath(path)).lower()), hf
+    try:
+        hf = presets.hf_config(path)
+    except ValueError:
+        raise UserError(f"model.path={path!r}: not a directory, nor a preset name or hub id in configs/models.py "
+                        f"({', '.join(presets.PRESETS)})") from None
+    key = {v.lower(): k for k, v in presets.HUB_IDS.items()}.get(path.lower(), path.lower())
+    return key, hf
+
+
+def random_batch(rng: np.random.Generator, B: int, T: int, vocab: int) -> dict[str, np.ndarray]:
+    """Packed rows as jaxfin.data.batches yields them, full: segments of T/8..T/2 tokens (the last takes the rest),
+    random ids, loss on every position."""
+    seg, pos = np.zeros((B, T), np.int32), np.zeros((B, T), np.int32)
+    for b in range(B):
+        start, s = 0, 1
+        while start < T:
+            n = min(T - start, int(rng.integers(max(T // 8, 1), max(T // 2, 1) + 1)))
+            seg[b, start:start + n], pos[b, start:start + n] = s, np.arange(n)
+            start, s = start + n, s + 1
+    return {"tokens_BT": rng.integers(0, vocab, (B, T), dtype=np.int32),
+            "targets_BT": rng.integers(0, vocab, (B, T), dtype=np.int32),
+            "loss_mask_BT": np.ones((B, T), np.float32), "segment_ids_BT": seg, "positions_BT": pos}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measurements.
+
+
+def _timed(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+    """Wall times of `runs` calls of fn (which blocks on its results) after `warmup` untimed calls."""
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_train(config: Any, cfg: ModelConfig, batch_np: dict[str, np.ndarray], mesh: Any, opts: Any) -> dict:
+    """The real jitted train step on random base weights: compile time, median step time over opts.steps steps
+    after opts.warmup, peak memory; a jax.profiler trace of 3 more steps with opts.trace."""
+    B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
+    lcfg = session.lora_config(config)
+    tx, schedule = step.make_optimizer(config.optim, opts.warmup + opts.steps + 3)
+    sh = sharding.train_shardings(cfg, lcfg, tx, mesh)
+    base = jax.jit(params_lib.init_params, static_argnums=(0, 2), out_shardings=sh.base)(
+        cfg, jax.random.key(config.seed), cfg.dtype)
+    lora, opt_state = session.init_adapters(cfg, lcfg, tx, sh, config.seed)
+    batch = batches.put_batch(batches.micro_batches(batch_np, A), sh.batch, (A, B // A, T))
+    loss_fn = functools.partial(losses.sft_loss, cfg=cfg, hp=sft.sft_config(config, lcfg))
+    step_fn = step.jit_train_step(loss_fn, tx, schedule, config.seed, sh)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(lora, opt_state, base, batch, np.int32(0)).compile()
+    compile_s = time.perf_counter() - t0
+    state = {"lora": lora, "opt": opt_state, "n": 0, "metrics": None}
+
+    def step() -> None:
+        state["lora"], state["opt"], state["metrics"] = compiled(state["lora"], state["opt"], base, batch,
+                                                                 np.int32(state["n"]))
+        state["n"] += 1
+        jax.block_until_ready((state["lora"], state["opt"], state["metrics"]))
+
+    times = _timed(step, opts.warmup, opts.steps)
+    if opts.trace:
+        with jax.profiler.trace(opts.trace):
+            _timed(step, 0, 3)
+    stats = [d.memory_stats() or {} for d in mesh.devices.flat]
+    if all("peak_bytes_in_use" in s for s in stats):  # since the process started: params, init and steps
+        peak = max(s["peak_bytes_in_use"] for s in stats)
+        peak_source = "measured: memory_stats() peak_bytes_in_use, max over devices"
+    else:  # CPU: no allocator statistics; XLA's static plan of the step (per device) instead
+        m = compiled.memory_analysis()
+        peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+        peak_source = "estimate: XLA memory_analysis of the step (arguments + outputs - aliased + temporaries)"
+    dt = statistics.median(times)
+    return {"step_time_s": dt, "tokens_per_sec": B * T / dt, "compile_s": compile_s, "peak_bytes": int(peak),
+            "peak_bytes_source": peak_source, "loss": float(state["metrics"]["loss"]), "base": base,
+            "step_times_s": times}
+
+
+def time_decode(base: Any, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int, runs: int) -> dict:
+    """decode.prefill + decode.decode_loop (what decode.greedy runs per batch) producing exactly `new_tokens` per
+    row (no stop ids): tokens/s with the prefill, and the per-step rate of the loop alone; medians."""
+    T, n_bucket = decode.bucket(prompt_len, 16), decode.bucket(new_tokens, 16)
+    rng = np.random.default_rng(batch)
+    tokens = np.zeros((batch, T), np.int32)
+    tokens[:, :prompt_len] = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
+    lengths, done = np.full(batch, prompt_len, np.int32), np.zeros(batch, bool)
+    stop = np.full(8, decode.PAD_ID, np.int32)  # no stop id: every row runs the full length
+    prefill = jax.jit(decode.prefill, static_argnames=("cfg", "cache_len"))
+    loop = jax.jit(decode.decode_loop, static_argnames=("cfg", "n_bucket"))
+    scale = jnp.float32(1.0)
+    parts: list[tuple[float, float]] = []
+    for i in range(runs + 1):  # the first run compiles
+        t0 = time.perf_counter()
+        first, cache = prefill(base, None, scale, tokens, lengths, cfg=cfg, cache_len=T + n_bucket)
+        first.block_until_ready()
+        t1 = time.perf_counter()
+        loop(base, None, scale, cache, first, lengths, done, jnp.int32(new_tokens), stop, cfg=cfg,
+             n_bucket=n_bucket).block_until_ready()
+        if i:
+            parts.append((t1 - t0, time.perf_counter() - t1))
+    total = statistics.median(p + q for p, q in parts)
+    loop_s = statistics.median(q for _, q in parts)
+    return {"tokens_per_sec": batch * new_tokens / total,
+            "step_tokens_per_sec": batch * (new_tokens - 1) / loop_s if new_tokens > 1 else None}
+
+
+def measure_bandwidth(device: Any, nbytes: int, runs: int = 10) -> float:
+    """Bytes/s of x + 1 over a float32 array of `nbytes` on `device` (reads and writes nbytes each), median."""
+    x = jax.device_put(np.zeros(nbytes // 4, np.float32), device)
+    add = jax.jit(lambda a: a + 1)  # not a bare copy: XLA would alias or elide it
+    return 2 * x.nbytes / statistics.median(_timed(lambda: add(x).block_until_ready(), 2, runs))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def config_string(argv: Sequence[str]) -> str:
+    """The --config FILE and --config.key=value arguments, as given."""
+    out, args = [], list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--config" or (a.startswith("--config.") and "=" not in a):
+            out += [a, args.pop(0)] if args else [a]
+        elif a.startswith("--config"):
+            out.append(a)
+    return " ".join(out)
+
+
+def result_path(out: str, device: str, model: str) -> str:
+    """--out as given, or OUT/<device>_<model>.json when it names a folder (ends with / or exists)."""
+    if not (out.endswith(("/", os.sep)) or os.path.isdir(out)):
+        return out
+    return os.path.join(out, f"{re.sub(r'[^a-z0-9.]+', '-', device.lower()).strip('-')}_{model}.json")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def peer_spec(config: Any, cfg: ModelConfig, lcfg: Any, opts: Any) -> dict:
+    """What jaxfin.torch_peer needs to run the same step and decoding (the batch travels beside it)."""
+    return {"dtype": cfg.dtype, "seed": config.seed, "lora": lcfg.to_dict(),
+            "neftune_alpha": float(config.neftune.alpha), "gradient_checkpointing": cfg.remat != "none",
+            "optim": {k: float(config.optim[k]) for k in ("lr", "b1", "b2", "weight_decay", "clip_norm")},
+            "grad_accum": config.train.grad_accum_steps, "warmup": opts.warmup, "steps": opts.steps,
+            "decode": {"prompt_len": opts.decode_prompt_len, "new_tokens": opts.decode_new_tokens,
+                       "runs": opts.decode_runs, "batches": list(DECODE_BATCHES)}}
+
+
+def run(config: Any, opts: Any, config_string: str) -> dict:
+    """Everything `main` prints and writes, as the --out JSON dict: the issue's schema plus "details", "notes"."""
+    if config.model.remat not in decoder.REMAT_POLICIES:
+        raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(decoder.REMAT_POLICIES)}")
+    name, hf = resolve_model(config.model.path)
+    cfg = ModelConfig.from_hf(hf, dtype=config.model.dtype, remat=config.model.remat,
+                              attention_impl=config.model.attention_impl)
+    if opts.devices > len(jax.devices()):
+        raise UserError(f"--devices {opts.devices}: only {len(jax.devices())} devices are visible")
+    devices = jax.devices()[: opts.devices or None]
+    kind, platform = devices[0].device_kind, devices[0].platform
+    if cfg.attention_impl == "cudnn" and platform != "gpu":
+        raise UserError(f"model.attention_impl=cudnn needs an NVIDIA GPU (cuDNN flash attention), not {platform}")
+    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
+    lcfg = session.lora_config(config)
+    B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
+    if A < 1 or B % A or (B // A) % sharding.batch_divisor(mesh):
+        raise UserError(f"train.batch_size={B}, train.grad_accum_steps={A}: micro-batches must split evenly "
+                        f"over the {sharding.batch_divisor(mesh)} data x fsdp devices")
+    batch_np = random_batch(np.random.default_rng(config.seed), B, T, cfg.vocab_size)
+    notes: list[str] = []
+
+    peer, peer_detail = None, None
+    if opts.skip_peer:
+        notes.append("peer skipped (--skip-peer)")
+    else:
+        spec = {**peer_spec(config, cfg, lcfg, opts), "hf_config": hf}
+        peer_detail, note = torch_peer.launch(spec, batch_np, platform)
+        notes += [note] if note else []
+        if peer_detail:
+            keys = ["train_tokens_per_sec"] + [f"decode_batch_{b}_tokens_per_sec" for b in DECODE_BATCHES]
+            peer = {k: peer_detail[k] for k in keys}
+            if len(devices) > 1:
+                notes.append(f"the peer ran on one device, jaxfin on {len(devices)}: ratios are not per device")
+
+    print(f"train step: {name}, batch {B} x seq {T} (grad accum {A}), LoRA r={lcfg.rank} on {len(lcfg.targets)} "
+          f"projections, NEFTune alpha {config.neftune.alpha}, {cfg.dtype}, remat {cfg.remat}, "
+          f"{len(devices)} x {kind}", file=sys.stderr)
+    tr = time_train(config, cfg, batch_np, mesh, opts)
+    base = tr.pop("base")
+    notes += [] if np.isfinite(tr["loss"]) else [f"train loss {tr['loss']}: not finite (random weights too large?)"]
+    fpt, formula = flops.flops_per_token(cfg, lcfg.targets, lcfg.rank, T)
+    peak = flops.peak_flops(kind) if platform != "cpu" else None
+    mfu = fpt * tr["tokens_per_sec"] / (peak * len(devices)) if peak else None
+    if platform == "cpu":
+        notes.append("mfu null: a CPU has no meaningful bf16 matmul peak")
+    elif peak is None:
+        notes.append(f"mfu null: no bf16 peak known for device kind {kind!r} (add it to jaxfin/flops.py)")
+
+    print("decoding at batch " + ", ".join(map(str, DECODE_BATCHES)), file=sys.stderr)
+    dec = {b: time_decode(base, cfg, b, opts.decode_prompt_len, opts.decode_new_tokens, opts.decode_runs)
+           for b in DECODE_BATCHES}
+    wbytes = flops.weight_bytes_per_token(base, cfg)
+    del base
+    bw = measure_bandwidth(devices[0], (64 if platform == "cpu" else 2048) << 20)
+    step1 = dec[1]["step_tokens_per_sec"]
+    roofline = step1 * wbytes / (bw * len(devices)) if step1 else None
+    if roofline and roofline > 1:
+        notes.append(f"roofline fraction > 1: the {wbytes / 2**20:.1f} MiB of weights stay in cache between "
+                     f"decode steps, so memory bandwidth does not bound this decoder")
+    return {
+        "device": kind, "model": name, "config": config_string,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "train": {"tokens_per_sec": tr["tokens_per_sec"], "mfu": mfu, "step_time_s": tr["step_time_s"],
+                  "peak_bytes": tr["peak_bytes"], "compile_s": tr["compile_s"]},
+        "decode": {"batch_1_tokens_per_sec": dec[1]["tokens_per_sec"],
+                   "batch_32_tokens_per_sec": dec[32]["tokens_per_sec"], "batch_1_roofline_fraction": roofline},
+        "peer": peer,
+        "details": {
+            "devices": len(devices), "platform": platform, "jax": jax.__version__, "flops_per_token": fpt,
+            "flops_formula": formula, "peak_flops_per_device": peak,
+            "train": {"peak_bytes_source": tr["peak_bytes_source"], "loss": tr["loss"], "steps": opts.steps,
+                      "warmup": opts.warmup, "batch_size": B, "grad_accum_steps": A, "seq_len": T,
+                      "lora": lcfg.to_dict(), "neftune_alpha": float(config.neftune.alpha), "dtype": cfg.dtype,
+                      "remat": cfg.remat, "attention_impl": cfg.attention_impl, "step_times_s": tr["step_times_s"]},
+            "decode": {"prompt_len": opts.decode_prompt_len, "new_tokens": opts.decode_new_tokens,
+                       "runs": opts.decode_runs, "weights": "base only (= merged adapters)",
+                       **{f"batch_{b}_step_tokens_per_sec": dec[b]["step_tokens_per_sec"] for b in DECODE_BATCHES},
+                       "weight_bytes_per_token": wbytes, "bandwidth_bytes_per_sec": bw,
+                       "roofline_formula": "batch-1 decode-loop tokens/s x weight bytes per token / (measured "
+                                           "bandwidth x devices); bandwidth = 2 x bytes / time of jit(x + 1)"},
+            "peer": peer_detail,
+            "ratios": {"train": _ratio(tr["tokens_per_sec"], (peer or {}).get("train_tokens_per_sec")),
+                       **{f"decode_batch_{b}": _ratio(dec[b]["tokens_per_sec"],
+                                                      (peer or {}).get(f"decode_batch_{b}_tokens_per_sec"))
+                          for b in DECODE_BATCHES}},
+        },
+        "notes": notes,
+    }
+
+
+def _fmt(x: float | None, spec: str = ",.1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(r: dict) -> str:
+    """The human-readable summary of a result dict."""
+    d, peer, ratios = r["details"], r["peer"] or {}, r["details"]["ratios"]
+    rows = [("train tokens/s", r["train"]["tokens_per_sec"], peer.get("train_tokens_per_sec"), ratios["train"])]
+    rows += [(f"decode batch {b} tokens/s", r["decode"][f"batch_{b}_tokens_per_sec"],
+              peer.get(f"decode_batch_{b}_tokens_per_sec"), ratios[f"decode_batch_{b}"]) for b in DECODE_BATCHES]
+    lines = [f"{r['model']} on {d['devices']} x {r['device']}  ({r['config']})",
+             f"{'':28}{'jaxfin':>14}{'transformers+peft':>20}{'ratio':>9}"]
+    lines += [f"{name:28}{_fmt(a):>14}{_fmt(b):>20}{_fmt(c, '.2f') + ('x' if c else ''):>9}"
+              for name, a, b, c in rows]
+    t, dec = r["train"], d["decode"]
+    peak = d["peak_flops_per_device"]
+    mfu = "null" if t["mfu"] is None else f"{t['mfu']:.1%} of {peak / 1e12:.1f} TFLOP/s dense bf16 per device"
+    lines += [
+        f"train step {t['step_time_s'] * 1e3:.2f} ms (median of {d['train']['steps']}), compile {t['compile_s']:.1f} s,"
+        f" peak {t['peak_bytes'] / 2**30:.3f} GiB [{d['train']['peak_bytes_source']}], loss {d['train']['loss']:.3f}",
+        f"MFU {mfu}",
+        f"  useful FLOPs/token = {d['flops_formula']}",
+        f"decode: prompt {dec['prompt_len']}, {dec['new_tokens']} new tokens, median of {dec['runs']} runs (prefill "
+        f"included); batch-1 loop {_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s",
+        f"batch-1 roofline fraction {_fmt(r['decode']['batch_1_roofline_fraction'], '.3f')} = "
+        f"{_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s x {dec['weight_bytes_per_token']:,} weight bytes / "
+        f"{dec['bandwidth_bytes_per_sec'] / 1e9:,.1f} GB/s measured ({dec['roofline_formula']})",
+    ]
+    return "\n".join(lines + [f"note: {n}" for n in r["notes"]])

@@ -1,0 +1,86 @@
+"""Losses over the decoder's hidden states. One primitive, `chunked_logprobs`: per-token log-probabilities of the
+targets under the output embedding, `chunk` positions at a time with the logits rematerialised in the backward
+pass, so [B, T, V] f32 logits never exist (V = 128k-152k); each chunk's log-probs are reduced on the spot (a
+masked sum for SFT, per-sequence sums for a preference loss) and the reductions summed over chunks.
+
+A loss function has the signature the train step differentiates (training/step.py):
+    loss_fn(adapters, base, batch, rng) -> (loss_sum, aux)   aux: {"count", "tokens", "metrics": {k: (sum, n)}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxfin.model import decoder, neftune
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import Params
+
+Batch = dict[str, jax.Array]
+
+
+def chunked_logprobs(h_BTD: jax.Array, w_VD: jax.Array, targets_BT: jax.Array, chunk: int,
+                     reduce: Callable[..., Any], *extras_BT: jax.Array) -> Any:
+    """Sum over sequence chunks of reduce(logp_Bc, *extras_Bc), where logp_Bc = log softmax(h @ w.T)[target] of
+    the chunk's positions; positions padded to a whole number of chunks carry zeros in every extra (so a mask
+    among them keeps them out). The logits of a chunk are recomputed in the backward pass (jax.checkpoint)."""
+    B, T, D = h_BTD.shape
+    chunk = min(chunk, T)
+    pad = -T % chunk
+    if pad:
+        h_BTD = jnp.pad(h_BTD, ((0, 0), (0, pad), (0, 0)))
+        targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
+        extras_BT = tuple(jnp.pad(e, ((0, 0), (0, pad))) for e in extras_BT)
+    n = (T + pad) // chunk
+    to_chunks = lambda x: x.reshape(B, n, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731  [n, B, c, ...]
+    w_VD = w_VD.astype(h_BTD.dtype)
+
+    @jax.checkpoint
+    def one_chunk(xs: tuple) -> Any:
+        h_BcD, t_Bc, *extras_Bc = xs
+        logits_BcV = jnp.einsum("BcD,VD->BcV", h_BcD, w_VD, preferred_element_type=jnp.float32)
+        target_Bc = jnp.take_along_axis(logits_BcV, t_Bc[..., None], axis=-1)[..., 0]
+        return reduce(target_Bc - jax.nn.logsumexp(logits_BcV, axis=-1), *extras_Bc)
+
+    per_chunk = jax.lax.map(one_chunk, (to_chunks(h_BTD), to_chunks(targets_BT), *map(to_chunks, extras_BT)))
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_chunk)
+
+
+def _masked_nll(logp_Bc: jax.Array, mask_Bc: jax.Array) -> jax.Array:
+    return jnp.sum(-logp_Bc * mask_Bc)
+
+
+def chunked_cross_entropy(h_BTD: jax.Array, w_VD: jax.Array, targets_BT: jax.Array, mask_BT: jax.Array,
+                          chunk: int) -> jax.Array:
+    """Sum over masked-in positions of -log softmax(h @ w.T)[target] (chunked_logprobs with a masked sum)."""
+    return chunked_logprobs(h_BTD, w_VD, targets_BT, chunk, _masked_nll, mask_BT)
+
+
+@dataclasses.dataclass(frozen=True)
+class SftConfig:
+    """Static settings of the SFT loss (hashable, closed over by jit)."""
+
+    lora_scale: float
+    lora_dropout: float = 0.0
+    neftune_alpha: float = 0.0
+    neftune_length: str = "segment"
+    loss_chunk: int = 128
+
+
+def sft_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cfg: ModelConfig,
+             hp: SftConfig) -> tuple[jax.Array, dict]:
+    """Summed token cross-entropy of one micro-batch of packed rows (targets where loss_mask_BT is 1), with
+    NEFTune noise on the embeddings and LoRA dropout drawn from `rng`; aux counts the supervised tokens."""
+    noise_rng, dropout_rng = jax.random.split(rng)
+    x_BTD = decoder.embed(base, batch["tokens_BT"], cfg)
+    x_BTD = neftune.add_noise(x_BTD, batch["segment_ids_BT"], noise_rng, hp.neftune_alpha, hp.neftune_length)
+    h_BTD, _ = decoder.decoder(base, x_BTD, batch["positions_BT"], cfg, segment_ids_BT=batch["segment_ids_BT"],
+                               lora=adapters, lora_scale=hp.lora_scale, lora_dropout=hp.lora_dropout,
+                               rng=dropout_rng if hp.lora_dropout > 0 else None)
+    loss = chunked_cross_entropy(h_BTD, decoder.output_embedding(base, cfg), batch["targets_BT"],
+                                 batch["loss_mask_BT"], hp.loss_chunk)
+    aux = {"count": jnp.sum(batch["loss_mask_BT"]), "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "metrics": {}}
+    return loss, aux

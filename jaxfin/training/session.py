@@ -1,0 +1,133 @@
+"""What every training command (SFT, DPO) does around its loss: config checks before anything is loaded, the
+mesh, the base model placed straight into its shards, the optimizer and shardings, fresh / continued / resumed
+state, the run record, and evaluation of the adapters on a task."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxfin.errors import UserError
+from jaxfin.evaluation import predict, report
+from jaxfin.io import store, workdir
+from jaxfin.model import decoder, lora as lora_lib
+from jaxfin.model.config import ATTENTION_IMPLS, ModelConfig
+from jaxfin.model.params import Params
+from jaxfin.tasks.base import Example, Task
+from jaxfin.training import distributed, sharding
+from jaxfin.training.loop import State
+
+
+def lora_config(config: ml_collections.ConfigDict) -> lora_lib.LoraConfig:
+    c = config.lora
+    try:
+        return lora_lib.LoraConfig(rank=c.rank, alpha=c.alpha, rslora=c.rslora, dropout=c.dropout,
+                                   targets=tuple(c.targets))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None) -> jax.sharding.Mesh:
+    """jax.distributed per the config (before anything touches a device), then the mesh, with the batch and
+    model-runtime keys checked against it."""
+    distributed.initialize(config.distributed)
+    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
+    B, A = config.train.batch_size, config.train.grad_accum_steps
+    if A < 1 or B % A:
+        raise UserError(f"train.grad_accum_steps={A} must be >= 1 and divide train.batch_size={B}")
+    if (B // A) % sharding.batch_divisor(mesh):
+        raise UserError(f"train.batch_size={B}: each of the {A} micro-batches must split evenly over the "
+                        f"{sharding.batch_divisor(mesh)} data x fsdp devices")
+    if config.model.remat not in decoder.REMAT_POLICIES:
+        raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(decoder.REMAT_POLICIES)}")
+    if config.model.attention_impl not in ATTENTION_IMPLS:
+        raise UserError(f"model.attention_impl={config.model.attention_impl!r}: choose xla or cudnn (or leave it unset)")
+    return mesh
+
+
+def load_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh) -> store.Model:
+    """The model of `path` with its base weights read straight into their shards, the runtime fields (remat,
+    attention) of the config applied."""
+    model = store.load(path, dtype=config.model.dtype, shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
+    cfg = model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl)
+    if model.tokenizer_dir is None:
+        raise UserError(f"model.path={path}: the model has no tokenizer files")
+    return dataclasses.replace(model, cfg=cfg)
+
+
+def check_model_adapters(path: str, have: lora_lib.LoraConfig, want: lora_lib.LoraConfig) -> None:
+    """Training continues the adapters that come with the model, so the config's lora block must describe them
+    (dropout is a training setting and may differ)."""
+    keys = [k for k in ("rank", "alpha", "rslora") if getattr(have, k) != getattr(want, k)]
+    keys += ["targets"] if set(have.targets) != set(want.targets) else []
+    if keys:
+        show = lambda c, k: ",".join(c.targets) if k == "targets" else str(getattr(c, k)).lower()  # noqa: E731
+        raise UserError(f"model.path={path} has LoRA adapters with " + ", ".join(f"lora.{k}={show(have, k)}" for k in
+                        keys) + " but the config asks for " + ", ".join(f"lora.{k}={show(want, k)}" for k in keys) +
+                        "; set " + " ".join(f"--config.lora.{k}={show(have, k)}" for k in keys) + " to train them")
+
+
+def check_resume(wd: str, mcfg: ModelConfig, lcfg: lora_lib.LoraConfig) -> None:
+    run, old, old_lcfg = workdir.run_configs(wd)
+    if old_lcfg != lcfg:
+        raise UserError(f"{wd}: its checkpoints have lora config {run['lora_config']}, this run asks for "
+                        f"{lcfg.to_dict()}; use a new workdir")
+    if old.architecture != mcfg.architecture:
+        raise UserError(f"{wd}: its checkpoints are for a different model than {run['base_model']}; use a new workdir")
+
+
+def start_state(wd: str, mngr: Any, *, cfg: ModelConfig, lcfg: lora_lib.LoraConfig, tx: optax.GradientTransformation,
+                sh: sharding.TrainShardings, seed: int, model: store.Model, model_path: str) -> State:
+    """The state to train from: the workdir's latest checkpoint (resume), else the adapters that came with the
+    model (e.g. an imported PEFT adapter: training continues them), else fresh adapters (PEFT init)."""
+    start = mngr.latest_step()
+    if start is not None:
+        check_resume(wd, cfg, lcfg)
+        like = lambda tree, shards: jax.tree.map(  # noqa: E731
+            lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), tree, shards)
+        lora_shapes = lora_lib.shapes(cfg, lcfg)
+        adapters, opt_state, meta = workdir.restore(mngr, start, like(lora_shapes, sh.lora),
+                                                    like(jax.eval_shape(tx.init, lora_shapes), sh.opt_state))
+        print(f"resuming {wd} from step {start}")
+        return State(adapters, opt_state, start, meta["data_position"], meta.get("nonfinite_steps", 0))
+    if model.lora is not None:
+        adapters = jax.device_put(jax.tree.map(lambda x: x.astype(jnp.float32), model.lora), sh.lora)
+        print(f"starting from the LoRA adapters of {model_path}")
+        return State(adapters, jax.jit(tx.init, out_shardings=sh.opt_state)(adapters))
+    return State(*init_adapters(cfg, lcfg, tx, sh, seed))
+
+
+def init_adapters(cfg: ModelConfig, lcfg: lora_lib.LoraConfig, tx: optax.GradientTransformation,
+                  sh: sharding.TrainShardings, seed: int) -> tuple[Params, optax.OptState]:
+    """Fresh adapters (PEFT init) and optimizer state, created in place on the mesh."""
+    key = jax.random.fold_in(jax.random.key(seed), 2**32 - 1)  # a key no step uses
+    adapters = jax.jit(lora_lib.init, static_argnums=(0, 1), out_shardings=sh.lora)(cfg, lcfg, key)
+    return adapters, jax.jit(tx.init, out_shardings=sh.opt_state)(adapters)
+
+
+def evaluate(out_dir: str, model: store.Model, adapters: Params, lcfg: lora_lib.LoraConfig, task: Task,
+             examples: Sequence[Example], config: ml_collections.ConfigDict, step: int, data: str) -> dict:
+    """Greedy decoding with the adapters on the examples -> OUT/{metrics.json, predictions.jsonl, report.md}
+    (process 0 writes; every process decodes its share of the rows)."""
+    m = dataclasses.replace(model, lora=adapters, lora_config=lcfg)
+    mesh = jax.tree.leaves(adapters)[0].sharding.mesh  # the training mesh: decode rows split over all its processes
+    outputs = predict.generate(m, task, examples, max_new_tokens=config.eval.max_new_tokens,
+                               batch_size=config.eval.batch_size, mesh=mesh)
+    metrics, rows = predict.score(task, examples, outputs)
+    if jax.process_index() == 0:
+        meta = {"workdir": config.workdir, "step": str(step), "data": data,
+                "max_new_tokens": str(config.eval.max_new_tokens)}
+        report.write(out_dir, task, metrics, rows, meta=meta)
+    print(f"eval step {step}: {report.summary_line(task.name, metrics)} -> {out_dir}")
+    return metrics
+
+
+def eval_dir(wd: str, step: int | None = None) -> str:
+    """WORKDIR/eval (the end of training) or WORKDIR/eval/step_N (eval.every_steps)."""
+    return os.path.join(wd, "eval") if step is None else os.path.join(wd, "eval", f"step_{step}")

@@ -1,0 +1,125 @@
+"""Supervised fine-tuning (LoRA + NEFTune) on a task: `python -m jaxfin.train` runs `run(config)`.
+
+One batch through the step: embed -> NEFTune noise -> decoder with the adapters -> cross-entropy in sequence
+chunks against the output embedding (losses.sft_loss) -> gradients w.r.t. the adapters only -> AdamW
+(step.train_step). The loop (loop.py) resumes, checkpoints, logs and stops on signals; session.py holds what SFT
+and DPO share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from jaxfin import synthetic, tasks
+from jaxfin.data import batches, chat, packing
+from jaxfin.errors import UserError
+from jaxfin.io import workdir
+from jaxfin.model import neftune
+from jaxfin.tasks import ner
+from jaxfin.training import distributed, loop, losses, session, sharding, step
+
+
+def sft_config(config: ml_collections.ConfigDict, lcfg: Any) -> losses.SftConfig:
+    if config.neftune.length not in neftune.LENGTHS:
+        raise UserError(f"neftune.length={config.neftune.length!r}: choose one of {', '.join(neftune.LENGTHS)}")
+    return losses.SftConfig(lora_scale=lcfg.scale, lora_dropout=lcfg.dropout,
+                            neftune_alpha=float(config.neftune.alpha), neftune_length=config.neftune.length,
+                            loss_chunk=config.train.loss_chunk)
+
+
+def assets(config: ml_collections.ConfigDict) -> tuple[str, str, str | None]:
+    """(model path, train data, eval data); unset ones come from the self-made tiny assets (jaxfin.synthetic),
+    written to WORKDIR/assets (deterministic in the seed, so a resumed run rewrites the same bytes)."""
+    model_path, train_path, eval_path = config.model.path, config.data.train, config.data.eval
+    if None in (model_path, train_path, eval_path):
+        out = os.path.join(config.workdir, "assets")
+        tiny = distributed.main_first("tiny assets", lambda: synthetic.write_tiny_assets(out, seed=config.seed))
+        model_path, train_path, eval_path = model_path or tiny.model, train_path or tiny.train, eval_path or tiny.eval
+    return model_path, train_path, eval_path
+
+
+def sft_batch(position: int, *, packed: packing.Packed, batch_size: int, accum: int, seed: int,
+              sh: sharding.TrainShardings, seq_len: int) -> dict[str, jax.Array]:
+    """Batch number `position` of the run as global [A, B/A, T] arrays on the mesh (this process's rows only)."""
+    global_shape = (accum, batch_size // accum, seq_len)
+    rows = batches.local_batch(packed, position, batch_size, seed, sh.batch, global_shape)
+    return batches.put_batch(batches.micro_batches(rows, accum), sh.batch, global_shape)
+
+
+def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) per `config` on `devices` (default all); returns {"step", "metrics": logged rows of
+    this run, "eval": final eval metrics or None}, plus "stopped": the exit code when SIGTERM / SIGINT stopped it
+    early (after saving checkpoint "step"). Starts from the adapters of model.path when it has some (a jaxfin
+    checkpoint, e.g. an imported PEFT adapter) and the workdir has no checkpoint yet."""
+    wd = config.workdir
+    lcfg = session.lora_config(config)  # config errors first, before anything is written or loaded
+    hp = sft_config(config, lcfg)
+    mesh = session.make_mesh(config, devices)
+    B, A = config.train.batch_size, config.train.grad_accum_steps
+
+    # Inputs are checked before the workdir is created, so a mistake leaves nothing behind; the data before the
+    # model, so a bad line fails in a second rather than after minutes of loading weights.
+    model_path, train_path, eval_path = assets(config)
+    train_examples = ner.load_examples(train_path)
+    types = ner.entity_types(train_examples)
+    task = tasks.get("fire", types=types)
+    eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
+    if config.eval.max_examples > 0:
+        eval_examples = eval_examples[: config.eval.max_examples]
+    model = session.load_model(config, model_path, mesh)
+    if model.lora is not None:
+        session.check_model_adapters(model_path, model.lora_config, lcfg)
+    tokenizer = model.tokenizer()
+    encoded = chat.encode_task(task, train_examples, tokenizer, eos_ids=model.eos_ids)
+    packed = packing.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
+    total = config.train.steps or config.train.epochs * batches.steps_per_epoch(packed.num_rows, B)
+    if total < 1:
+        raise UserError("train.steps and train.epochs are both 0: nothing to train")
+    if config.train.max_nonfinite_steps < 0:
+        raise UserError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}: must be >= 0 (0: never stop)")
+
+    tx, schedule = step.make_optimizer(config.optim, total)
+    sh = sharding.train_shardings(model.cfg, lcfg, tx, mesh)
+    base = jax.device_put(model.params, sh.base)  # a no-op when load_model placed them already
+
+    os.makedirs(wd, exist_ok=True)
+    mngr = workdir.checkpoint_manager(wd, config.checkpoint.max_to_keep)
+    state = session.start_state(wd, mngr, cfg=model.cfg, lcfg=lcfg, tx=tx, sh=sh, seed=config.seed, model=model,
+                                model_path=model_path)
+    model = dataclasses.replace(model, params=base, lora=None, lora_config=None)
+    if jax.process_index() == 0:
+        workdir.write_run(wd, base_model=model.source or model_path,
+                          base_model_name_or_path=model.base_model_name_or_path or model_path,
+                          model_config=model.cfg, lora_config=lcfg, config={**config.to_dict(), "entity_types": types})
+
+    data = str(config.data.eval or "tiny eval set")
+    evaluate = functools.partial(_evaluate_at, model=model, lcfg=lcfg, task=task, examples=eval_examples,
+                                 config=config, data=data) if eval_examples else None
+    plan = loop.Plan(total=total, checkpoint_every=config.checkpoint.every_steps,
+                     eval_every=config.eval.every_steps, log_every=config.train.log_every_steps,
+                     max_nonfinite=config.train.max_nonfinite_steps)
+    step_fn = step.jit_train_step(functools.partial(losses.sft_loss, cfg=model.cfg, hp=hp), tx, schedule,
+                                  config.seed, sh)
+    batch_at = functools.partial(sft_batch, packed=packed, batch_size=B, accum=A, seed=config.seed, sh=sh,
+                                 seq_len=config.train.seq_len)
+    result = loop.run(state, step_fn=step_fn, base=base, batch_at=batch_at, wd=wd, mngr=mngr, plan=plan,
+                      evaluate=evaluate)
+    if result.stopped is not None:
+        return {"step": result.state.step, "metrics": result.rows, "eval": None, "stopped": result.stopped}
+    final = None
+    if eval_examples:
+        final = session.evaluate(session.eval_dir(wd), model, result.state.adapters, lcfg, task, eval_examples,
+                                 config, total, data)
+    return {"step": total, "metrics": result.rows, "eval": final}
+
+
+def _evaluate_at(n: int, adapters: Any, *, model: Any, lcfg: Any, task: Any, examples: Any, config: Any,
+                 data: str) -> dict:
+    return session.evaluate(session.eval_dir(config.workdir, n), model, adapters, lcfg, task, examples, config, n,
+                            data)
