@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import transformers
 
-from jaxfin import model as model_lib
+from jaxfin.model import decoder
+
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -74,7 +75,7 @@ def state_dict_numpy(model: transformers.PreTrainedModel) -> dict[str, np.ndarra
 
 
 # One jitted forward for every parity test (the jit cache is shared across test modules in a session).
-forward = jax.jit(model_lib.forward, static_argnums=2)
+forward = jax.jit(decoder.forward, static_argnums=2)
 
 
 def reference_logits(model: transformers.PreTrainedModel, tokens_BT: np.ndarray,

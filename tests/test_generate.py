@@ -10,9 +10,10 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
-from jaxfin import checkpoint, generate
+from jaxfin import generate
 from jaxfin.errors import run_cli
+from jaxfin.io import store
+
 
 NEW = 24
 V = 320  # the tokenizer's 300 ids, padded as real checkpoints pad their embeddings
@@ -121,9 +122,9 @@ def test_three_input_forms_match_transformers(dirs, tmp_path, capsys):
 
 def test_jaxfin_checkpoint_and_bfloat16(dirs, tmp_path):
     """The same completions from a jaxfin checkpoint of the model (tokenizer and EOS ids travel with it)."""
-    m = checkpoint.load_model(dirs["with_tok"])
+    m = store.load(dirs["with_tok"])
     ckpt = tmp_path / "ckpt"
-    checkpoint.save_model(ckpt, m.params, m.cfg, hf_config=m.hf_config, generation_config=m.generation_config,
+    store.save_model(ckpt, m.params, m.cfg, hf_config=m.hf_config, generation_config=m.generation_config,
                           tokenizer_files=m.tokenizer_files())
     out = tmp_path / "out.jsonl"
     generate.main(["--model", str(ckpt), "--prompts", dirs["prompts"], "--out", str(out),

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from jaxfin.tasks import fire
+from jaxfin.data import chat
+from jaxfin import synthetic
+from jaxfin.io import hf as hf_io
+from jaxfin.model import decoder
+from jaxfin.model.config import ModelConfig
+from jaxfin.tasks import ner
 
-from jaxfin import convert, data, model, ner, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ def test_tokenizer_loads_with_r1_style_chat_format(assets):
     for special in (synthetic.BOS, synthetic.EOS, synthetic.USER, synthetic.ASSISTANT, "<think>", "</think>"):
         assert len(tok.encode(special, add_special_tokens=False)) == 1
     ex = ner.load_examples(assets.train)[0]
-    ids, mask = data.encode_ner([ex], tok, list(synthetic.TYPES))[0]
+    ids, mask = chat.encode_task(fire.task(synthetic.TYPES), [ex], tok)[0]
     assert tok.decode(ids, skip_special_tokens=False).count(ex["text"]) == 1
     assert len(ids) < 256 and ids[-1] == tok.eos_token_id  # the tiny run's sequences stay short
 
@@ -81,14 +87,14 @@ def test_model_loads_in_transformers_and_matches_jaxfin(assets):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(assets.model, dtype=torch.float32)
     assert type(hf_model).__name__ == "LlamaForCausalLM"
     with open(os.path.join(assets.model, "config.json")) as f:
-        cfg = model.ModelConfig.from_hf(json.load(f))
+        cfg = ModelConfig.from_hf(json.load(f))
     assert cfg.rope_type == "llama3" and cfg.num_kv_heads < cfg.num_heads
     state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
-    params = convert.params_from_state_dict(state, cfg)
-    for name, w in convert.state_dict_from_params(params, cfg):  # the file holds exactly what we wrote
+    params = hf_io.params_from_state_dict(state, cfg)
+    for name, w in hf_io.state_dict_from_params(params, cfg):  # the file holds exactly what we wrote
         np.testing.assert_array_equal(w, state[name])
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(1, 12))
     with torch.no_grad():
         ref = hf_model(torch.tensor(tokens)).logits.numpy()
-    ours = np.asarray(model.forward(params, tokens, cfg))
+    ours = np.asarray(decoder.forward(params, tokens, cfg))
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)

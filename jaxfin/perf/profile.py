@@ -31,7 +31,8 @@ from jaxfin.io import store
 from jaxfin.model import decoder, params as params_lib, presets
 from jaxfin.model.config import ModelConfig
 from jaxfin.perf import flops, torch_peer
-from jaxfin.training import losses, session, sft, sharding, step
+from jaxfin.training import losses, session, sft, sharding
+from jaxfin.training import step as step_lib
 TINY_VOCAB = 1024  # len() of the tokenizer jaxfin.synthetic trains (1022 BPE tokens + <think>, </think>)
 DECODE_BATCHES = (1, 32)
 
@@ -93,14 +94,14 @@ def time_train(config: Any, cfg: ModelConfig, batch_np: dict[str, np.ndarray], m
     after opts.warmup, peak memory; a jax.profiler trace of 3 more steps with opts.trace."""
     B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
     lcfg = session.lora_config(config)
-    tx, schedule = step.make_optimizer(config.optim, opts.warmup + opts.steps + 3)
+    tx, schedule = step_lib.make_optimizer(config.optim, opts.warmup + opts.steps + 3)
     sh = sharding.train_shardings(cfg, lcfg, tx, mesh)
     base = jax.jit(params_lib.init_params, static_argnums=(0, 2), out_shardings=sh.base)(
         cfg, jax.random.key(config.seed), cfg.dtype)
     lora, opt_state = session.init_adapters(cfg, lcfg, tx, sh, config.seed)
     batch = batches.put_batch(batches.micro_batches(batch_np, A), sh.batch, (A, B // A, T))
     loss_fn = functools.partial(losses.sft_loss, cfg=cfg, hp=sft.sft_config(config, lcfg))
-    step_fn = step.jit_train_step(loss_fn, tx, schedule, config.seed, sh)
+    step_fn = step_lib.jit_train_step(loss_fn, tx, schedule, config.seed, sh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(lora, opt_state, base, batch, np.int32(0)).compile()
     compile_s = time.perf_counter() - t0

@@ -6,11 +6,13 @@ import os
 import warnings
 
 import pytest
-
-from jaxfin import ner
+from jaxfin.tasks.base import data_root
 from jaxfin.errors import UserError
+from jaxfin.tasks import fire
+from jaxfin.tasks import ner
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+DATA = data_root()
 FIRE = os.path.join(DATA, "fire_financial_ner")
 SEVEN = ["Company", "Date", "Location", "Money", "Person", "Product", "Quantity"]
 
@@ -143,12 +145,12 @@ def test_entity_types_come_from_the_data_in_first_seen_order():
 def test_triple_and_prompt():
     ex = {"id": "1", "text": "Apple and Apple Inc. paid $5",
           "entities": {"Company": ["Apple", "Apple Inc.", "Apple"], "Money": ["$5"], "Date": None}}
-    instruction, text, output = ner.to_triple(ex, ["Company", "Date", "Money", "Person"])
+    instruction, text, output = fire.to_triple(ex, ["Company", "Date", "Money", "Person"])
     assert text == ex["text"]
     assert all(t in instruction for t in ["Company", "Date", "Money", "Person", "JSON"])
     assert output == '{"Company": ["Apple", "Apple Inc."], "Date": [], "Money": ["$5"], "Person": []}'
-    assert ner.parse_completion(output) == json.loads(output)
-    messages = ner.prompt_messages(instruction, text)
+    assert fire.parse_completion(output) == json.loads(output)
+    messages = fire.prompt_messages(instruction, text)
     assert [m["role"] for m in messages] == ["user"]
     assert messages[0]["content"].startswith(instruction) and messages[0]["content"].endswith(text)
 
@@ -177,4 +179,4 @@ PARSED = {"Company": ["Apple"], "Date": [], "Money": ["$5"]}
     (None, None),
 ])
 def test_parse_completion(completion, expected):
-    assert ner.parse_completion(completion) == expected
+    assert fire.parse_completion(completion) == expected

@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hf_models import FAMILIES, forward, reference_logits, tiny_model
+from jaxfin.io import hf as hf_io
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import init_params
+from jaxfin.model.params import logical_axes
+from jaxfin.model.params import param_shapes
 
-from jaxfin import convert
-from jaxfin.model import ModelConfig, init_params, logical_axes, param_shapes
 
 TOL = 1e-4  # f32 logits, max abs difference
 
@@ -20,7 +23,7 @@ def models():
         hf = tiny_model(family)
         cfg = ModelConfig.from_hf(hf.config.to_dict())
         state = {k: v.numpy() for k, v in hf.state_dict().items()}
-        out[family] = (hf, cfg, convert.params_from_state_dict(state, cfg))
+        out[family] = (hf, cfg, hf_io.params_from_state_dict(state, cfg))
     return out
 
 

@@ -14,11 +14,18 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from jaxfin import config_flags, data, distributed, synthetic, train, workdir
+from jaxfin.training import defaults
+from jaxfin import config_flags
+from jaxfin import synthetic
+from jaxfin.data import batches
+from jaxfin.data import packing
 from jaxfin.errors import UserError
+from jaxfin.io import workdir
+from jaxfin.training import distributed
+from jaxfin.training import sft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 
@@ -45,7 +52,7 @@ def test_distributed_settings_are_all_or_none():
         distributed.explicit_settings(_dist(coordinator="h:1", num_processes=0, process_id=0))
     # Overrides parse into the placeholders (str / int), like any other key.
     cfg, _ = config_flags.parse_args(["--config.distributed.num_processes=2", "--config.distributed.process_id=1",
-                                      "--config.distributed.coordinator=127.0.0.1:5"], TINY)
+                                      "--config.distributed.coordinator=127.0.0.1:5"], defaults.tiny)
     assert distributed.explicit_settings(cfg.distributed) == ("127.0.0.1:5", 2, 1)
     # In a program that already used JAX: one process stays fine, several is a clear error.
     jax.devices()
@@ -71,20 +78,20 @@ def test_local_batch_is_exactly_the_rows_of_each_process_devices(axes, accum):
     placed as make_array_from_process_local_data places them, are the rows of the one global batch."""
     rng = np.random.default_rng(0)
     examples = [(list(rng.integers(1, 1000, n)), [1] * n) for n in rng.integers(5, 30, 60)]
-    packed = data.pack(examples, 32)
+    packed = packing.pack(examples, 32)
     B, T = 16, 32
     devices = jax.devices()[:8]
     order = [devices[i] for i in (0, 2, 4, 6, 1, 3, 5, 7)]  # processes own (0, 1), (2, 3), ...: split rows
     mesh = Mesh(np.array(order).reshape(axes), ("data", "fsdp", "tensor"))
     sh = NamedSharding(mesh, P(None, ("data", "fsdp"), None))
     shape = (accum, B // accum, T)
-    want = train.micro_batches(data.batch_at(packed, 3, B, seed=7), accum)
+    want = batches.micro_batches(batches.batch_at(packed, 3, B, seed=7), accum)
     for p in range(4):
         view = _Process(sh, devices[2 * p: 2 * p + 2])
-        local = train.micro_batches(distributed.local_batch(packed, 3, B, 7, view, shape), accum)
+        local = batches.micro_batches(batches.local_batch(packed, 3, B, 7, view, shape), accum)
         spans = sorted({i[1].indices(shape[1])[:2] for i in view.addressable_devices_indices_map(shape).values()})
         rows = np.concatenate([np.arange(s, e) for s, e in spans])
-        for k in data.BATCH_KEYS:
+        for k in packing.BATCH_KEYS:
             np.testing.assert_array_equal(local[k], want[k][:, rows])
 
 
@@ -161,7 +168,7 @@ def test_two_processes_train_evaluate_and_resume_like_one(assets, tmp_path):
     c = config_flags.load_config(TINY)
     for k, v in _overrides(assets, ref, M).items():
         config_flags.override(c, k, str(v))
-    train.run(c, devices=jax.devices()[:4])
+    sft.run(c, devices=jax.devices()[:4])
 
     # Two processes: N steps, then the same command with M steps resumes at N + 1 (this time set up by jax's
     # automatic detection, here of a SLURM job).

@@ -12,15 +12,17 @@ import pytest
 import torch
 
 from hf_models import forward, reference_logits, state_dict_numpy, tiny_model
-from jaxfin import convert, lora, model
-from jaxfin.errors import UserError
+from jaxfin.io import hf as hf_io
+from jaxfin.model import lora
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import LORA_TARGETS
 
 
 @pytest.fixture(scope="module")
 def llama():
     hf = tiny_model("llama", seed=3)
-    cfg = model.ModelConfig.from_hf(hf.config.to_dict())
-    params = jax.tree.map(jnp.asarray, convert.params_from_state_dict(state_dict_numpy(hf), cfg))
+    cfg = ModelConfig.from_hf(hf.config.to_dict())
+    params = jax.tree.map(jnp.asarray, hf_io.params_from_state_dict(state_dict_numpy(hf), cfg))
     return hf, cfg, params
 
 
@@ -38,12 +40,12 @@ def test_matches_peft(llama, rslora):
     lcfg = lora.LoraConfig(rank=4, alpha=8.0, rslora=rslora)
     assert lcfg.scale == (8.0 / 2.0 if rslora else 8.0 / 4.0)
     pm = peft.get_peft_model(tiny_model("llama", seed=3), peft.LoraConfig(
-        r=4, lora_alpha=8, use_rslora=rslora, target_modules=list(model.LORA_TARGETS), lora_dropout=0.0))
+        r=4, lora_alpha=8, use_rslora=rslora, target_modules=list(LORA_TARGETS), lora_dropout=0.0))
     ours = _random_adapters(cfg, lcfg)
     with torch.no_grad():
         for name, module in pm.named_modules():
             hf_name = name.rsplit(".", 1)[-1]
-            if hf_name not in model.LORA_TARGETS or not hasattr(module, "lora_A"):
+            if hf_name not in LORA_TARGETS or not hasattr(module, "lora_A"):
                 continue
             i = int(name.split(".layers.")[1].split(".")[0])
             a_peft, b_peft = module.lora_A["default"].weight, module.lora_B["default"].weight
@@ -106,9 +108,9 @@ def test_optimizer_labels_freeze_base(llama):
 def test_config_round_trip_and_errors():
     lcfg = lora.LoraConfig(rank=8, alpha=16, rslora=True, dropout=0.1, targets=("q_proj", "v_proj"))
     assert lora.LoraConfig.from_dict(lcfg.to_dict()) == lcfg
-    with pytest.raises(UserError, match="lora.rank"):
+    with pytest.raises(ValueError, match="lora.rank"):
         lora.LoraConfig(rank=0)
-    with pytest.raises(UserError, match="qkv_proj"):
+    with pytest.raises(ValueError, match="qkv_proj"):
         lora.LoraConfig(targets=("qkv_proj",))
-    with pytest.raises(UserError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown key"):
         lora.LoraConfig.from_dict({"r": 8})

@@ -3,18 +3,29 @@
 
 import os
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-
-from jaxfin import config_flags, lora, model, sharding, train
+from jaxfin.training import losses
+from jaxfin import config_flags
+from jaxfin.data import batches
 from jaxfin.errors import UserError
+from jaxfin.model import lora
+from jaxfin.model import params as params_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import Params
+from jaxfin.training import session
+from jaxfin.training import sharding
+from jaxfin.training import step as step_lib
 
-CFG = model.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=8)
 LCFG = lora.LoraConfig(rank=4, alpha=8.0, dropout=0.1)
-TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "tiny.py")
 
 
 def test_mesh_shapes_and_errors():
@@ -50,27 +61,27 @@ def _batch(i: int) -> dict[str, np.ndarray]:
             "segment_ids_BT": seg, "positions_BT": pos.astype(np.int32)}
 
 
-def _random_base() -> model.Params:
-    """Random base params drawn with numpy (model.init_params dispatches per leaf: seconds on a busy CPU)."""
+def _random_base() -> Params:
+    """Random base params drawn with numpy (params_lib.init_params dispatches per leaf: seconds on a busy CPU)."""
     rng = np.random.default_rng(0)
-    shapes = model.param_shapes(CFG)
+    shapes = params_lib.param_shapes(CFG)
     return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
 
 def _losses(devices, mesh_shape) -> tuple[list[float], np.ndarray]:
     mesh = sharding.make_mesh(mesh_shape, devices)
-    tx, schedule = train.make_optimizer(config_flags.load_config(TINY).optim, total_steps=10)
+    tx, schedule = step_lib.make_optimizer(config_flags.load_config(TINY).optim, total_steps=10)
     sh = sharding.train_shardings(CFG, LCFG, tx, mesh)
     base = jax.device_put(_random_base(), sh.base)
-    adapters, opt_state = train.init_state(CFG, LCFG, tx, sh, seed=0)
-    hp = train.StepConfig(lora_scale=LCFG.scale, lora_dropout=LCFG.dropout, neftune_alpha=5.0, loss_chunk=5)
-    step = train.jit_train_step(CFG, hp, tx, schedule, sh)
-    losses = []
+    adapters, opt_state = session.init_adapters(CFG, LCFG, tx, sh, seed=0)
+    hp = losses.SftConfig(lora_scale=LCFG.scale, lora_dropout=LCFG.dropout, neftune_alpha=5.0, loss_chunk=5)
+    step = step_lib.jit_train_step(functools.partial(losses.sft_loss, cfg=CFG, hp=hp), tx, schedule, 0, sh)
+    curve = []
     for i in range(3):
-        batch = sharding.put_batch(_batch(i), sh.batch, (2, 8, 16))
+        batch = batches.put_batch(_batch(i), sh.batch, (2, 8, 16))
         adapters, opt_state, metrics = step(adapters, opt_state, base, batch, np.int32(i))
-        losses.append(float(metrics["loss"]))
-    return losses, np.asarray(adapters["layers"]["q_proj"]["b"])
+        curve.append(float(metrics["loss"]))
+    return curve, np.asarray(adapters["layers"]["q_proj"]["b"])
 
 
 def test_one_device_equals_eight():

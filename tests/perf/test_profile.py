@@ -6,14 +6,20 @@ import json
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxfin.errors import UserError
+from jaxfin.errors import run_cli
+from jaxfin.model.config import ModelConfig
+from jaxfin import profile as profile_cli
+from jaxfin.model import params as params_lib
+from jaxfin.model import presets
+from jaxfin.perf import flops, profile
 
-from jaxfin import flops, profile
-from jaxfin.errors import UserError, run_cli
-from jaxfin.model import ModelConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA = {
     "train": {"tokens_per_sec", "mfu", "step_time_s", "peak_bytes", "compile_s"},
     "decode": {"batch_1_tokens_per_sec", "batch_32_tokens_per_sec", "batch_1_roofline_fraction"},
@@ -42,7 +48,7 @@ def test_flops_per_token_hand_computed():
 
 
 def test_flops_8b_shape():
-    cfg = ModelConfig.from_hf(profile._presets().hf_config("deepseek-r1-distill-llama-8b"))
+    cfg = ModelConfig.from_hf(presets.hf_config("deepseek-r1-distill-llama-8b"))
     n = flops.matmul_params(cfg)
     assert n == 32 * (4096 * 4096 * 2 + 2 * 4096 * 1024 + 3 * 4096 * 14336) + 128256 * 4096  # 7.50e9
     total, _ = flops.flops_per_token(cfg, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -51,14 +57,9 @@ def test_flops_8b_shape():
 
 
 def test_weight_bytes_per_token():
-    import jax
-    import jax.numpy as jnp
-
-    from jaxfin import model
-
     for tied in (False, True):
         cfg = small_cfg(tie_word_embeddings=tied)
-        params = model.init_params(cfg, jax.random.key(0), jnp.bfloat16)
+        params = params_lib.init_params(cfg, jax.random.key(0), jnp.bfloat16)
         n = sum(x.size for x in jax.tree.leaves(params))
         # Untied: the input table contributes one row (V - 1 rows unread); tied: it is the output projection.
         assert flops.weight_bytes_per_token(params, cfg) == 2 * (n if tied else n - (32 - 1) * 8)
@@ -90,7 +91,7 @@ def test_resolve_model(tmp_path):
     for folder, hidden, expected in (("r1", 1536, "deepseek-r1-distill-qwen-1.5b"), ("Mine", 1024, "mine")):
         d = tmp_path / folder
         d.mkdir()
-        hf = {**profile._presets().hf_config("deepseek-r1-distill-qwen-1.5b"), "hidden_size": hidden}
+        hf = {**presets.hf_config("deepseek-r1-distill-qwen-1.5b"), "hidden_size": hidden}
         (d / "config.json").write_text(json.dumps(hf))
         assert profile.resolve_model(str(d)) == (expected, hf)
     with pytest.raises(UserError, match="not a directory, nor a preset name"):
@@ -113,7 +114,7 @@ def test_cli_end_to_end_on_tiny(tmp_path, capsys):
             "--config.train.batch_size=2", "--config.train.seq_len=64", "--steps", "2", "--warmup", "1",
             "--decode-prompt-len", "8", "--decode-new-tokens", "4", "--decode-runs", "1", "--devices", "1",
             "--out", f"{tmp_path / 'results'}/"]
-    assert profile.main(argv) == 0
+    assert profile_cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "MFU null" in printed and "4·N + 6·N_lora" in printed and "transformers+peft" in printed
     r = json.loads(out.read_text())
@@ -137,6 +138,6 @@ def test_cli_end_to_end_on_tiny(tmp_path, capsys):
 
 def test_cli_requires_random_weights(capsys):
     with pytest.raises(SystemExit) as e:
-        run_cli(profile.main, ["--config", os.path.join(REPO, "configs", "tiny.py")])
+        run_cli(profile_cli.main, ["--config", os.path.join(REPO, "configs", "tiny.py")])
     assert e.value.code == 2
     assert "error: --random-weights is required" in capsys.readouterr().err

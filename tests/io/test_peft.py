@@ -2,6 +2,7 @@
 --peft-adapter for adapters PEFT made itself. Parity = same greedy tokens for 32+ steps and logits within 1e-4
 (f32 base) across jaxfin with adapters, the PEFT-wrapped transformers model and the merged transformers model."""
 
+import functools
 import io
 import json
 import logging
@@ -21,14 +22,24 @@ import torch
 import transformers
 from hf_models import forward, save_tokenizer, tiny_model
 from safetensors.numpy import load_file, save_file
-
-from jaxfin import checkpoint, config_flags, decode, lora, peft_adapter, sharding, train, workdir
+from jaxfin.training import losses
+from jaxfin import config_flags
+from jaxfin import convert
+from jaxfin.data import batches
 from jaxfin.errors import UserError
-from jaxfin.model import LORA_TARGETS, ModelConfig
+from jaxfin.infer import decode
+from jaxfin.io import peft as peft_io
+from jaxfin.io import store
+from jaxfin.io import workdir
+from jaxfin.model import lora
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import LORA_TARGETS
+from jaxfin.training import session
+from jaxfin.training import sharding
+from jaxfin.training import step
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_weights  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NEW = 32  # greedy tokens compared
 LCFG = lora.LoraConfig(rank=8, alpha=16.0, rslora=False, dropout=0.05)  # all seven projections
@@ -59,37 +70,37 @@ def _train_batch(seed: int, B: int = 8, T: int = 24) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(base_dir, tmp_path_factory):
     """A training workdir after 6 real AdamW steps (jaxfin.train's jitted step, lr 2e-2) on the f32 base."""
-    base = checkpoint.load_model(base_dir)
+    base = store.load(base_dir)
     mesh = sharding.make_mesh({"fsdp": -1}, jax.devices()[:1])
     optim = config_flags.load_config(str(ROOT / "configs" / "tiny.py")).optim
     optim.lr, optim.warmup_steps = 2e-2, 1
     steps = 6
-    tx, schedule = train.make_optimizer(optim, steps)
+    tx, schedule = step.make_optimizer(optim, steps)
     sh = sharding.train_shardings(base.cfg, LCFG, tx, mesh)
-    adapters, opt_state = train.init_state(base.cfg, LCFG, tx, sh, seed=0)
-    step_fn = train.jit_train_step(base.cfg, train.StepConfig(lora_scale=LCFG.scale, lora_dropout=LCFG.dropout),
-                                   tx, schedule, sh)
+    adapters, opt_state = session.init_adapters(base.cfg, LCFG, tx, sh, seed=0)
+    hp = losses.SftConfig(lora_scale=LCFG.scale, lora_dropout=LCFG.dropout)
+    step_fn = step.jit_train_step(functools.partial(losses.sft_loss, cfg=base.cfg, hp=hp), tx, schedule, 0, sh)
     params = jax.device_put(base.params, sh.base)
-    losses = []
+    curve = []
     for i in range(steps):
-        batch = sharding.put_batch(_train_batch(i), sh.batch, (1, 8, 24))
+        batch = batches.put_batch(_train_batch(i), sh.batch, (1, 8, 24))
         adapters, opt_state, metrics = step_fn(adapters, opt_state, params, batch, np.int32(i))
-        losses.append(float(metrics["loss"]))
+        curve.append(float(metrics["loss"]))
     wd = tmp_path_factory.mktemp("workdir")
     workdir.write_run(str(wd), base_model=str(base_dir), base_model_name_or_path="org/tiny-llama",
                       model_config=base.cfg, lora_config=LCFG, config={})
     with workdir.checkpoint_manager(str(wd)) as mngr:
         workdir.save(mngr, steps, adapters, opt_state, steps)
         mngr.wait_until_finished()
-    return wd, losses
+    return wd, curve
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     wd, _ = trained
     out = tmp_path_factory.mktemp("out")
-    convert_weights.main(["to-peft", "--checkpoint", str(wd), "--out", str(out / "peft")])
-    convert_weights.main(["to-hf", "--checkpoint", str(wd), "--out", str(out / "merged"), "--merge-lora"])
+    convert.main(["to-peft", "--checkpoint", str(wd), "--out", str(out / "peft")])
+    convert.main(["to-hf", "--checkpoint", str(wd), "--out", str(out / "merged"), "--merge-lora"])
     return out / "peft", out / "merged"
 
 
@@ -161,13 +172,13 @@ def test_workdir_exports_match_jaxfin(base_dir, trained, exported, tmp_path):
     wd, losses = trained
     peft_dir, merged_dir = exported
     assert losses[-1] < 0.8 * losses[0]  # the adapters learned something
-    config = json.loads((peft_dir / peft_adapter.CONFIG_NAME).read_text())
+    config = json.loads((peft_dir / peft_io.CONFIG_NAME).read_text())
     assert {k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "use_rslora",
                                    "bias", "target_modules", "base_model_name_or_path")} == {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
         "use_rslora": False, "bias": "none", "target_modules": list(LORA_TARGETS),
         "base_model_name_or_path": "org/tiny-llama"}
-    tensors = load_file(peft_dir / peft_adapter.WEIGHTS_NAME)
+    tensors = load_file(peft_dir / peft_io.WEIGHTS_NAME)
     assert len(tensors) == 2 * 7 * 2 and all(t.dtype == np.float32 for t in tensors.values())
     assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight"].shape == (8, 64)
     assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (2 * 24, 8)
@@ -182,14 +193,14 @@ def test_workdir_exports_match_jaxfin(base_dir, trained, exported, tmp_path):
     faulty = tmp_path / "faulty"
     shutil.copytree(peft_dir, faulty)
     save_file({k: v for k, v in tensors.items() if ".0.mlp.up_proj.lora_B" not in k},
-              faulty / peft_adapter.WEIGHTS_NAME, metadata={"format": "pt"})
+              faulty / peft_io.WEIGHTS_NAME, metadata={"format": "pt"})
     with _Captured() as cap:
         peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_dir), str(faulty))
     assert any("missing adapter keys" in msg and "0.mlp.up_proj.lora_B" in msg for msg in cap.messages())
     assert peft_model.peft_config["default"].lora_dropout == 0.05
     assert merged.dtype == torch.float32
 
-    ours = checkpoint.load_model(wd)
+    ours = store.load(wd)
     assert ours.lora_config == LCFG and ours.base_model_name_or_path == "org/tiny-llama"
     prompts = _prompts(3)
     diffs = _check_parity(ours, {"peft": peft_model, "merged": merged}, prompts)
@@ -204,25 +215,25 @@ def test_bf16_base_merged_export(trained, base_dir, tmp_path):
     """A bf16 base: merging rounds W + delta to bf16 once, so the merged model is a few 1e-2 (on this tiny model's
     logits of up to ~4) from the exact sum: less than storing the base in bf16 costs in the first place."""
     wd, _ = trained
-    m = checkpoint.load_model(wd, dtype="bfloat16")
+    m = store.load(wd, dtype="bfloat16")
     ckpt = tmp_path / "ckpt"
-    checkpoint.save_model(ckpt, m.params, m.cfg, hf_config=m.hf_config, generation_config=m.generation_config,
+    store.save_model(ckpt, m.params, m.cfg, hf_config=m.hf_config, generation_config=m.generation_config,
                           tokenizer_files=m.tokenizer_files(), lora=m.lora, lora_config=m.lora_config,
                           base_model_name_or_path=m.base_model_name_or_path)
-    convert_weights.main(["to-hf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "merged"), "--merge-lora"])
+    convert.main(["to-hf", "--checkpoint", str(ckpt), "--out", str(tmp_path / "merged"), "--merge-lora"])
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert merged.dtype == torch.bfloat16
     # Compare in f32 so that only the rounding of the merged weights differs: jaxfin runs the bf16 base (as f32)
     # with the f32 adapters unmerged.
-    ref = checkpoint.load_model(ckpt, dtype="float32")
+    ref = store.load(ckpt, dtype="float32")
     seq = np.concatenate([_prompts(3), _prompts(4)], axis=1)
     ours = np.asarray(forward(ref.params, jnp.asarray(seq), ref.cfg, lora=ref.lora, lora_scale=LCFG.scale))
     err = np.abs(_torch_logits(merged.float(), seq) - ours)
     diff, mean = float(err.max()), float(err.mean())
     # The yardstick: what storing the base in bf16 at all changes (the f32 base -> bf16, same adapters unmerged).
-    f32 = checkpoint.load_model(base_dir)
+    f32 = store.load(base_dir)
     rounding = float(np.abs(np.asarray(forward(f32.params, jnp.asarray(seq), f32.cfg, lora=ref.lora,
                                                lora_scale=LCFG.scale)) - ours).max())
     assert 1e-4 < diff < min(rounding, 5e-2)
@@ -232,20 +243,20 @@ def test_bf16_base_merged_export(trained, base_dir, tmp_path):
 
 def test_to_hf_without_merge_writes_the_base(trained, base_dir, tmp_path, capsys):
     wd, _ = trained
-    convert_weights.main(["to-hf", "--checkpoint", str(wd), "--out", str(tmp_path / "hf")])
+    convert.main(["to-hf", "--checkpoint", str(wd), "--out", str(tmp_path / "hf")])
     assert "adapters, which are not merged" in capsys.readouterr().err
     got, want = load_file(tmp_path / "hf" / "model.safetensors"), load_file(base_dir / "model.safetensors")
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
     with pytest.raises(UserError, match="has no LoRA adapters"):
-        convert_weights.main(["to-hf", "--checkpoint", str(base_dir), "--out", str(tmp_path / "x"), "--merge-lora"])
+        convert.main(["to-hf", "--checkpoint", str(base_dir), "--out", str(tmp_path / "x"), "--merge-lora"])
     with pytest.raises(UserError, match="has no jaxfin LoRA adapters"):
-        convert_weights.main(["to-peft", "--checkpoint", str(base_dir), "--out", str(tmp_path / "y")])
+        convert.main(["to-peft", "--checkpoint", str(base_dir), "--out", str(tmp_path / "y")])
     with pytest.raises(UserError, match="not empty"):
-        convert_weights.main(["to-peft", "--checkpoint", str(wd), "--out", str(tmp_path / "hf")])
-    convert_weights.main(["to-peft", "--checkpoint", str(wd), "--out", str(tmp_path / "hf"), "--overwrite"])
+        convert.main(["to-peft", "--checkpoint", str(wd), "--out", str(tmp_path / "hf")])
+    convert.main(["to-peft", "--checkpoint", str(wd), "--out", str(tmp_path / "hf"), "--overwrite"])
     with pytest.raises(UserError, match="would replace the input"):
-        convert_weights.main(["to-peft", "--checkpoint", str(wd / "checkpoints"), "--out", str(wd), "--overwrite"])
-    assert sorted(os.listdir(tmp_path / "hf")) == [peft_adapter.CONFIG_NAME, peft_adapter.WEIGHTS_NAME]
+        convert.main(["to-peft", "--checkpoint", str(wd / "checkpoints"), "--out", str(wd), "--overwrite"])
+    assert sorted(os.listdir(tmp_path / "hf")) == [peft_io.CONFIG_NAME, peft_io.WEIGHTS_NAME]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -269,20 +280,20 @@ def test_peft_made_adapter_imports_and_round_trips(base_dir, tmp_path):
     targets = ["k_proj", "o_proj", "up_proj"]
     pm = _peft_adapter(base_dir, tmp_path / "adapter", seed=1, r=6, lora_alpha=12, use_rslora=True,
                        lora_dropout=0.1, target_modules=targets)
-    convert_weights.main(["to-jax", "--hf-dir", str(base_dir), "--peft-adapter", str(tmp_path / "adapter"),
+    convert.main(["to-jax", "--hf-dir", str(base_dir), "--peft-adapter", str(tmp_path / "adapter"),
                           "--out", str(tmp_path / "ckpt")])
-    m = checkpoint.load_model(tmp_path / "ckpt")
+    m = store.load(tmp_path / "ckpt")
     assert m.lora_config == lora.LoraConfig(rank=6, alpha=12.0, rslora=True, dropout=0.1, targets=tuple(targets))
     assert m.base_model_name_or_path == str(base_dir)  # PEFT recorded the path the base was loaded from
     diffs = _check_parity(m, {"peft": pm}, _prompts(5))
     print(f"PEFT-made adapter (r=6, rsLoRA, {targets}): {diffs}")
     # Back out: the same tensors bit for bit and the same adapter definition.
-    convert_weights.main(["to-peft", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "again")])
-    got, want = load_file(tmp_path / "again" / peft_adapter.WEIGHTS_NAME), load_file(
-        tmp_path / "adapter" / peft_adapter.WEIGHTS_NAME)
+    convert.main(["to-peft", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "again")])
+    got, want = load_file(tmp_path / "again" / peft_io.WEIGHTS_NAME), load_file(
+        tmp_path / "adapter" / peft_io.WEIGHTS_NAME)
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
-    cfg_got = json.loads((tmp_path / "again" / peft_adapter.CONFIG_NAME).read_text())
-    cfg_want = json.loads((tmp_path / "adapter" / peft_adapter.CONFIG_NAME).read_text())
+    cfg_got = json.loads((tmp_path / "again" / peft_io.CONFIG_NAME).read_text())
+    cfg_want = json.loads((tmp_path / "adapter" / peft_io.CONFIG_NAME).read_text())
     keys = ("r", "lora_alpha", "use_rslora", "lora_dropout", "base_model_name_or_path", "peft_type", "task_type")
     assert {k: cfg_got[k] for k in keys} == {k: cfg_want[k] for k in keys}
     assert sorted(cfg_got["target_modules"]) == sorted(cfg_want["target_modules"])
@@ -292,10 +303,10 @@ def test_regex_targets_and_layer_subsets_import(base_dir, tmp_path):
     """A regex target_modules that adapts gate/up in layer 1 only: layer 0 gets zero adapters, same logits."""
     pm = _peft_adapter(base_dir, tmp_path / "adapter", seed=2, r=4, lora_alpha=4,
                        target_modules=r"model\.layers\.1\.mlp\.(gate|up)_proj")
-    tree, lcfg, _ = peft_adapter.load(tmp_path / "adapter", checkpoint.load_model(base_dir).cfg)
+    tree, lcfg, _ = peft_io.load(tmp_path / "adapter", store.load(base_dir).cfg)
     assert lcfg.targets == ("gate_proj", "up_proj")
     assert not tree["layers"]["gate_proj"]["b"][0].any() and tree["layers"]["gate_proj"]["b"][1].any()
-    base = checkpoint.load_model(base_dir)
+    base = store.load(base_dir)
     seq = np.concatenate([_prompts(6), _prompts(7)], axis=1)
     ours = np.asarray(forward(base.params, jnp.asarray(seq), base.cfg, lora=jax.device_put(tree),
                               lora_scale=lcfg.scale))
@@ -308,11 +319,11 @@ def test_qwen_families_import_and_merge(family, tmp_path):
     tiny_model(family, seed=21).save_pretrained(tmp_path / "base")
     pm = _peft_adapter(tmp_path / "base", tmp_path / "adapter", seed=5, r=4, lora_alpha=8,
                        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
-    convert_weights.main(["to-jax", "--hf-dir", str(tmp_path / "base"), "--peft-adapter", str(tmp_path / "adapter"),
+    convert.main(["to-jax", "--hf-dir", str(tmp_path / "base"), "--peft-adapter", str(tmp_path / "adapter"),
                           "--out", str(tmp_path / "ckpt")])
-    convert_weights.main(["to-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "merged"),
+    convert.main(["to-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "merged"),
                           "--merge-lora"])
-    m = checkpoint.load_model(tmp_path / "ckpt")
+    m = store.load(tmp_path / "ckpt")
     seq = np.concatenate([_prompts(8), _prompts(9)], axis=1)
     ours = np.asarray(forward(m.params, jnp.asarray(seq), m.cfg, lora=m.lora, lora_scale=m.lora_config.scale))
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
@@ -336,7 +347,7 @@ def _cfg() -> ModelConfig:
      {p: [0, 1] for p in LORA_TARGETS if p not in ("down_proj", "k_proj")}),
 ])
 def test_target_module_forms(config, want):
-    assert peft_adapter.targeted(config, _cfg(), "cfg") == want
+    assert peft_io.targeted(config, _cfg(), "cfg") == want
 
 
 @pytest.mark.parametrize("config, match", [
@@ -348,7 +359,7 @@ def test_target_module_forms(config, want):
 ])
 def test_target_module_refusals(config, match):
     with pytest.raises(UserError, match=match):
-        peft_adapter.targeted(config, _cfg(), "cfg")
+        peft_io.targeted(config, _cfg(), "cfg")
 
 
 @pytest.fixture(scope="module")
@@ -371,11 +382,11 @@ def small_adapter(base_dir, tmp_path_factory):
 def test_unsupported_or_inconsistent_adapters_are_refused(small_adapter, tmp_path, edit, match):
     d = tmp_path / "adapter"
     d.mkdir()
-    (d / peft_adapter.WEIGHTS_NAME).write_bytes((small_adapter / peft_adapter.WEIGHTS_NAME).read_bytes())
-    config = json.loads((small_adapter / peft_adapter.CONFIG_NAME).read_text())
-    (d / peft_adapter.CONFIG_NAME).write_text(json.dumps({**config, **edit}))
+    (d / peft_io.WEIGHTS_NAME).write_bytes((small_adapter / peft_io.WEIGHTS_NAME).read_bytes())
+    config = json.loads((small_adapter / peft_io.CONFIG_NAME).read_text())
+    (d / peft_io.CONFIG_NAME).write_text(json.dumps({**config, **edit}))
     with pytest.raises(UserError, match=match) as e:
-        peft_adapter.load(d, _cfg())
+        peft_io.load(d, _cfg())
     assert "\n" not in str(e.value)
 
 

@@ -6,18 +6,34 @@ import os
 import subprocess
 import sys
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from jaxfin import checkpoint, config_flags, lora, model, sharding, synthetic, train, workdir
+from jaxfin.training import defaults
+from jaxfin import config_flags
+from jaxfin import synthetic
+from jaxfin.data import batches
 from jaxfin.errors import UserError
+from jaxfin.io import store
+from jaxfin.io import workdir
+from jaxfin.model import lora
+from jaxfin.model import params as params_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.params import Params
+from jaxfin.training import losses
+from jaxfin.training import session
+from jaxfin.training import sft
+from jaxfin.training import sharding
+from jaxfin.training import step as step_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-CFG = model.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=8)
 LCFG = lora.LoraConfig(rank=4, alpha=8.0)
 
@@ -32,9 +48,9 @@ def _batch(seed: int, A: int = 1, B: int = 8, T: int = 20) -> dict[str, np.ndarr
             "positions_BT": np.broadcast_to(np.arange(T, dtype=np.int32), (A, B, T)).copy()}
 
 
-def _base() -> model.Params:
+def _base() -> Params:
     rng = np.random.default_rng(0)
-    return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), model.param_shapes(CFG))
+    return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), params_lib.param_shapes(CFG))
 
 
 def test_chunked_cross_entropy_matches_full_logits():
@@ -44,16 +60,18 @@ def test_chunked_cross_entropy_matches_full_logits():
     t = jnp.asarray(rng.integers(0, 64, (2, 20)))
     m = jnp.asarray(rng.random((2, 20)) < 0.6, jnp.float32)
     full = lambda h: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(h @ w.T, t) * m)  # noqa: E731
-    chunked = lambda h: train.chunked_cross_entropy(h, w, t, m, chunk=8)  # 20 = 8 + 8 + 4 (padded)  # noqa: E731
+    chunked = lambda h: losses.chunked_cross_entropy(h, w, t, m, chunk=8)  # 20 = 8 + 8 + 4 (padded)  # noqa: E731
     np.testing.assert_allclose(chunked(h), full(h), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(chunked)(h), jax.grad(full)(h), rtol=1e-5, atol=1e-6)
 
 
 def _step_setup(mesh, total=10, **hp):
-    tx, schedule = train.make_optimizer(config_flags.load_config(TINY).optim, total)
+    tx, schedule = step_lib.make_optimizer(config_flags.load_config(TINY).optim, total)
     sh = sharding.train_shardings(CFG, LCFG, tx, mesh)
-    adapters, opt_state = train.init_state(CFG, LCFG, tx, sh, seed=0)
-    step = train.jit_train_step(CFG, train.StepConfig(lora_scale=LCFG.scale, **hp), tx, schedule, sh)
+    adapters, opt_state = session.init_adapters(CFG, LCFG, tx, sh, seed=0)
+    seed = hp.pop("seed", 0)
+    loss_fn = functools.partial(losses.sft_loss, cfg=CFG, hp=losses.SftConfig(lora_scale=LCFG.scale, **hp))
+    step = step_lib.jit_train_step(loss_fn, tx, schedule, seed, sh)
     return sh, adapters, opt_state, step
 
 
@@ -69,7 +87,7 @@ def test_step_freezes_base_state_is_adapters_only_and_compiles_once():
     assert sum(x.nbytes for x in jax.tree.leaves(base_np)) > 4 * lora_bytes
     start = jax.tree.map(np.asarray, adapters)
     for i in range(3):
-        batch = sharding.put_batch(_batch(i), sh.batch, (1, 8, 20))
+        batch = batches.put_batch(_batch(i), sh.batch, (1, 8, 20))
         adapters, opt_state, metrics = step(adapters, opt_state, base, batch, np.int32(i))
         assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
     assert step._cache_size() == 1  # one compile for all steps
@@ -87,9 +105,9 @@ def test_gradient_accumulation_equals_one_big_batch():
     for A in (1, 2):
         sh, adapters, opt_state, step = _step_setup(mesh)
         flat = _batch(7, A=1, B=8)
-        batch = train.micro_batches({k: v[0] for k, v in flat.items()}, A)
+        batch = batches.micro_batches({k: v[0] for k, v in flat.items()}, A)
         adapters, _, m = step(adapters, opt_state, jax.device_put(base, sh.base),
-                              sharding.put_batch(batch, sh.batch, (A, 8 // A, 20)), np.int32(0))
+                              batches.put_batch(batch, sh.batch, (A, 8 // A, 20)), np.int32(0))
         results.append((float(m["loss"]), float(m["grad_norm"]), np.asarray(adapters["layers"]["o_proj"]["b"])))
     (l1, g1, b1), (l2, g2, b2) = results
     assert l1 == pytest.approx(l2, rel=1e-5) and g1 == pytest.approx(g2, rel=1e-5)
@@ -127,7 +145,7 @@ def _logged(wd) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(assets, tmp_path_factory):
     wd = tmp_path_factory.mktemp("straight")
-    out = train.run(_config(assets, wd, 2 * N, max_examples=2, every_steps=N))
+    out = sft.run(_config(assets, wd, 2 * N, max_examples=2, every_steps=N))
     return wd, out
 
 
@@ -146,19 +164,19 @@ def test_run_writes_workdir_and_loss_falls(assets, straight):
         assert {"metrics.json", "predictions.jsonl", "report.md"} <= set(os.listdir(os.path.join(wd, d)))
     assert out["eval"]["n_examples"] == 2
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
-    adapters, lcfg, base_path, step = workdir.load_adapters(str(wd))
+    adapters, lcfg, base_path, step = workdir.restore_adapters(str(wd))
     assert step == 2 * N and lcfg.rank == 16 and base_path == run_json["base_model"]
     assert float(jnp.abs(adapters["layers"]["q_proj"]["b"]).max()) > 0
-    loaded = checkpoint.load_model(str(wd))  # what generate / evaluate / convert do with a workdir
+    loaded = store.load(str(wd))  # what generate / evaluate / convert do with a workdir
     assert loaded.lora_config == lcfg and np.array_equal(loaded.lora["layers"]["q_proj"]["b"],
                                                          adapters["layers"]["q_proj"]["b"])
 
 
 def test_resume_continues_the_loss_curve(assets, straight, tmp_path):
     """N steps (checkpointed), then the same workdir run to 2N: the same losses as one straight 2N run."""
-    train.run(_config(assets, tmp_path, N))
+    sft.run(_config(assets, tmp_path, N))
     assert workdir.latest_step(str(tmp_path)) == N
-    out = train.run(_config(assets, tmp_path, 2 * N))
+    out = sft.run(_config(assets, tmp_path, 2 * N))
     assert [r["step"] for r in out["metrics"]] == list(range(N + 1, 2 * N + 1))
     resumed, want = _logged(tmp_path), _logged(straight[0])
     assert [r["step"] for r in resumed] == list(range(1, 2 * N + 1))  # appended, not rewritten
@@ -168,15 +186,15 @@ def test_resume_continues_the_loss_curve(assets, straight, tmp_path):
 def test_config_overrides_and_errors():
     cfg, rest = config_flags.parse_args(
         ["--config", TINY, "--config.model.path=/m", "--config.lora.targets=q_proj,v_proj", "--config.lora.rslora",
-         "true", "--config.optim.lr=1e-3", "--other"], TINY)
+         "true", "--config.optim.lr=1e-3", "--other"], defaults.tiny)
     assert (cfg.model.path, cfg.lora.targets, cfg.lora.rslora, cfg.optim.lr, rest) == \
         ("/m", ("q_proj", "v_proj"), True, 1e-3, ["--other"])
     with pytest.raises(UserError, match=r"unknown config key 'train.foo'"):
-        config_flags.parse_args(["--config.train.foo=1"], TINY)
+        config_flags.parse_args(["--config.train.foo=1"], defaults.tiny)
     with pytest.raises(UserError, match=r"unknown config key 'trian'; did you mean 'train'"):
-        config_flags.parse_args(["--config.trian.steps=1"], TINY)
+        config_flags.parse_args(["--config.trian.steps=1"], defaults.tiny)
     with pytest.raises(UserError, match=r"--config.train.steps=many: expected a value of type int"):
-        config_flags.parse_args(["--config.train.steps=many"], TINY)
+        config_flags.parse_args(["--config.train.steps=many"], defaults.tiny)
 
 
 def test_cli_unknown_key_is_one_line():

@@ -16,12 +16,13 @@ import torch
 import transformers
 from hf_models import FAMILIES, forward, reference_logits, save_tokenizer, state_dict_numpy, tiny_model, to_tf4_config
 from safetensors.numpy import load_file, save_file
+from jaxfin.errors import run_cli
+from jaxfin import convert
+from jaxfin.io import hf as hf_io
+from jaxfin.training import sharding
 
-from jaxfin import convert, sharding
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import convert_weights  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 # How each family is stored: the hub's transformers-4 config for llama/qwen3, transformers-5 for qwen2;
 # sharded files (with an index) for llama/qwen3, one model.safetensors for qwen2.
@@ -45,7 +46,7 @@ def hf_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(hf_dirs):
-    return {family: convert.load_hf(d) for family, (_, d) in hf_dirs.items()}
+    return {family: hf_io.load_hf(d) for family, (_, d) in hf_dirs.items()}
 
 
 def test_layouts_are_what_we_test(hf_dirs):
@@ -73,7 +74,7 @@ def test_tf4_and_tf5_configs_read_the_same(hf_dirs, tmp_path):
     model, d = hf_dirs["llama"]
     model.save_pretrained(tmp_path)  # transformers 5 writes rope_parameters
     assert "rope_parameters" in json.loads((tmp_path / "config.json").read_text())
-    cfg4, cfg5 = convert.read_hf_config(d)[1], convert.read_hf_config(tmp_path)[1]
+    cfg4, cfg5 = hf_io.read_hf_config(d)[1], hf_io.read_hf_config(tmp_path)[1]
     assert cfg4 == cfg5 and cfg4.rope_type == "llama3"
 
 
@@ -82,8 +83,8 @@ def test_export_round_trip_bit_identical(hf_dirs, loaded, tmp_path, family):
     model, d = hf_dirs[family]
     params, cfg, hf_config = loaded[family]
     out = tmp_path / "out"
-    convert.save_hf(out, params, cfg, hf_config=hf_config, generation_config=convert.read_generation_config(d),
-                    tokenizer_files=convert.tokenizer_files(d), max_shard_bytes=40_000)
+    hf_io.save_hf(out, params, cfg, hf_config=hf_config, generation_config=hf_io.read_generation_config(d),
+                    tokenizer_files=hf_io.tokenizer_files(d), max_shard_bytes=40_000)
     assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
     assert not list(tmp_path.glob(".out.*"))  # the temp dir was renamed into place
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -104,11 +105,11 @@ def test_bf16_source_round_trips_through_f32(tmp_path):
     """bf16 files: default import keeps bf16; an f32 import exported as bf16 gives the same bits back."""
     model = tiny_model("qwen3", seed=3, dtype=torch.bfloat16)
     model.save_pretrained(tmp_path / "src")
-    params, cfg, hf_config = convert.load_hf(tmp_path / "src")
+    params, cfg, hf_config = hf_io.load_hf(tmp_path / "src")
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
-    params32, _, _ = convert.load_hf(tmp_path / "src", dtype="float32")
+    params32, _, _ = hf_io.load_hf(tmp_path / "src", dtype="float32")
     assert {x.dtype for x in jax.tree.leaves(params32)} == {jnp.dtype(jnp.float32)}
-    convert.save_hf(tmp_path / "out", params32, cfg, hf_config=hf_config, dtype="bfloat16")
+    hf_io.save_hf(tmp_path / "out", params32, cfg, hf_config=hf_config, dtype="bfloat16")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
     want, got = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert want.keys() == got.keys()
@@ -120,7 +121,7 @@ def test_sharded_import_matches(hf_dirs, loaded):
     """Streaming into arrays sharded over 8 devices (fsdp x tensor) gives the same values, placed as asked."""
     params, cfg, _ = loaded["llama"]
     shardings = sharding.param_shardings(cfg, sharding.make_mesh({"fsdp": 2, "tensor": 4}, jax.devices()[:8]))
-    sharded, _, _ = convert.load_hf(hf_dirs["llama"][1], shardings=shardings, dtype="bfloat16")
+    sharded, _, _ = hf_io.load_hf(hf_dirs["llama"][1], shardings=shardings, dtype="bfloat16")
     specs = {tuple(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded)}
     assert {("tensor", "fsdp"), (None, "tensor", "fsdp")} <= specs  # embed_VD, w_down_FD really split
     for leaf, want, placed in zip(jax.tree.leaves(sharded), jax.tree.leaves(params), jax.tree.leaves(shardings),
@@ -135,7 +136,7 @@ def test_sharded_import_matches(hf_dirs, loaded):
 
 def _run(argv, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        convert_weights.run_cli(convert_weights.main, argv)
+        run_cli(convert.main, argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
@@ -164,7 +165,7 @@ def test_tied_model_ignores_a_stray_lm_head(hf_dirs, loaded, tmp_path):
     """Some tied checkpoints still carry lm_head.weight; transformers ties it to the embedding, and so do we."""
     d = _copy(hf_dirs, "qwen2", tmp_path / "m")
     _rewrite(d / "model.safetensors", lambda t: t.update({"lm_head.weight": np.ones((128, 64), np.float32)}))
-    params, cfg, _ = convert.load_hf(d)
+    params, cfg, _ = hf_io.load_hf(d)
     assert cfg.tie_word_embeddings and "lm_head_VD" not in params
     np.testing.assert_array_equal(np.asarray(params["embed_VD"]), np.asarray(loaded["qwen2"][0]["embed_VD"]))
 

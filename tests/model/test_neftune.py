@@ -10,8 +10,13 @@ import optax
 import pytest
 import torch
 from transformers.integrations.neftune import neftune_post_forward_hook
+from jaxfin.model import decoder
+from jaxfin.model import lora
+from jaxfin.model import neftune
+from jaxfin.model import params as params_lib
+from jaxfin.model.config import ModelConfig
+from jaxfin.training import losses
 
-from jaxfin import lora, model, neftune, train
 
 B, T, D, ALPHA = 3, 64, 32, 5.0
 # Row 0: segments of 10 and 30 tokens, then padding; row 1: one 64-token segment; row 2: 20 tokens then padding.
@@ -60,11 +65,11 @@ def test_padded_matches_transformers_hook():
 
 
 def test_noise_only_in_training():
-    """The training loss changes with NEFTune; evaluation (model.forward, as decoding uses it) has no noise:
+    """The training loss changes with NEFTune; evaluation (decoder.forward, as decoding uses it) has no noise:
     its cross-entropy equals the training loss with alpha = 0."""
-    cfg = model.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
                             num_kv_heads=1, head_dim=16)
-    base = model.init_params(cfg, jax.random.key(0))
+    base = params_lib.init_params(cfg, jax.random.key(0))
     lcfg = lora.LoraConfig(rank=2)
     adapters = lora.init(cfg, lcfg, jax.random.key(1))
     tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
@@ -72,10 +77,10 @@ def test_noise_only_in_training():
              "segment_ids_BT": jnp.ones((2, 16), jnp.int32), "positions_BT": jnp.broadcast_to(jnp.arange(16), (2, 16))}
 
     def loss(alpha, seed):
-        hp = train.StepConfig(lora_scale=lcfg.scale, neftune_alpha=alpha)
-        return float(train.loss_sum(adapters, base, batch, jax.random.key(seed), cfg, hp)) / 32
+        hp = losses.SftConfig(lora_scale=lcfg.scale, neftune_alpha=alpha)
+        return float(losses.sft_loss(adapters, base, batch, jax.random.key(seed), cfg=cfg, hp=hp)[0]) / 32
 
-    logits = model.forward(base, tokens, cfg, lora=adapters, lora_scale=lcfg.scale)
+    logits = decoder.forward(base, tokens, cfg, lora=adapters, lora_scale=lcfg.scale)
     eval_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets_BT"]).mean())
     assert loss(0.0, 0) == pytest.approx(eval_loss, rel=1e-5)
     assert abs(loss(50.0, 0) - eval_loss) > 1e-3

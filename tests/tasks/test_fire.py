@@ -1,4 +1,5 @@
-"""jaxfin.evaluate: metrics on a hand-built set with known answers, seqeval placement, bootstrap, the CLI."""
+"""The fire task (tasks/fire.py) through the evaluation runner (evaluation/predict.py): metrics on a hand-built set
+with known answers, seqeval placement, bootstrap, and the jaxfin.evaluate CLI."""
 
 import json
 import os
@@ -7,12 +8,20 @@ import sys
 
 import numpy as np
 import pytest
-
-from jaxfin import evaluate, ner
+from jaxfin.tasks.base import data_path
 from jaxfin import errors
+from jaxfin import evaluate
 from jaxfin.errors import UserError
+from jaxfin import synthetic
+from jaxfin.data import chat
+from jaxfin.evaluation import metrics, predict
+from jaxfin.infer import decode
+from jaxfin.io import store
+from jaxfin.tasks import fire
+from jaxfin.tasks import ner
 
-DEV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fire_financial_ner",
+
+DEV = data_path("fire_financial_ner",
                    "fire_dev_7types.jsonl")
 TYPES = ["Company", "Date", "Money", "Person"]
 
@@ -46,14 +55,24 @@ COMPLETIONS = {
 }
 
 
+def _score(gold, preds, types=None):
+    """The fire task's metrics for prediction dicts {"entities", "finish_reason"?} through the runner."""
+    task = fire.task(types or ner.entity_types(gold))
+    return predict.score(task, gold, [{"completion": p.get("completion"), "finish_reason": p.get("finish_reason"),
+                                       "prediction": p.get("entities")} for p in preds])
+
+
+METRIC_KEYS = (*fire.METRIC_KEYS, "primary", "overlength_rate")
+
+
 def predictions():
-    return [{"completion": COMPLETIONS[ex["id"]], "entities": ner.parse_completion(COMPLETIONS[ex["id"]]),
+    return [{"completion": COMPLETIONS[ex["id"]], "entities": fire.parse_completion(COMPLETIONS[ex["id"]]),
              "finish_reason": "length" if ex["id"] == "e" else "stop"} for ex in GOLD]
 
 
 def test_hand_built_metrics():
-    m = evaluate.score(GOLD, predictions())
-    assert list(m) == list(evaluate.METRIC_KEYS) and m["n_examples"] == 5
+    m = _score(GOLD, predictions())[0]
+    assert list(m) == list(METRIC_KEYS) and m["n_examples"] == 5
     # TP 4 (a: 3, d: 1), FP 5 (a: Location, b: Apple + Tim Cook, c: here, d: Amazon), FN 4 (a, b, d, e)
     assert m["micro_precision"] == pytest.approx(4 / 9) and m["micro_recall"] == pytest.approx(4 / 8)
     assert m["micro_f1"] == pytest.approx(8 / 17)
@@ -76,7 +95,7 @@ def test_hand_built_metrics():
 
 
 def test_prediction_rows_list_errors_per_example():
-    rows = {r["id"]: r for r in evaluate.prediction_rows(GOLD, predictions())}
+    rows = {r["id"]: r for r in _score(GOLD, predictions())[1]}
     assert rows["a"]["fp"] == [["Location", "Cupertino"]] and rows["a"]["fn"] == [["Money", "$5 million"]]
     assert rows["a"]["entities"]["Date"] == ["March 2020"]  # single string -> list
     assert rows["d"]["fp"] == [["Money", "Amazon"]] and rows["d"]["fn"] == [["Company", "Amazon"]]
@@ -90,7 +109,7 @@ def test_prediction_rows_list_errors_per_example():
 
 def test_perfect_predictions_score_one_everywhere():
     gold = ner.load_examples(DEV)
-    m = evaluate.score(gold, [{"entities": ex["entities"], "finish_reason": "stop"} for ex in gold])
+    m = _score(gold, [{"entities": ex["entities"], "finish_reason": "stop"} for ex in gold])[0]
     assert m["micro_f1"] == m["micro_precision"] == m["micro_recall"] == m["macro_f1"] == 1.0
     assert m["micro_f1_ci95"] == [1.0, 1.0]
     assert all(v["f1"] == 1.0 and v["support"] > 0 for v in m["per_type"].values())
@@ -101,12 +120,12 @@ def test_perfect_predictions_score_one_everywhere():
 
 def test_no_entities_at_all_scores_zero_not_nan():
     gold = [{"id": "x", "text": "nothing", "entities": {"Company": None}}]
-    m = evaluate.score(gold, [{"entities": {}}])
+    m = _score(gold, [{"entities": {}}])[0]
     assert m["micro_f1"] == m["macro_f1"] == m["seqeval"]["micro_f1"] == m["seqeval"]["macro_f1"] == 0.0
 
 
 def test_iob2_placement_longer_first_every_occurrence_no_overlap():
-    tags, unplaced = evaluate.iob2_tags("A B C A B".split(), {("X", "A B"), ("Y", "B C"), ("Z", "A")})
+    tags, unplaced = fire.iob2_tags("A B C A B".split(), {("X", "A B"), ("Y", "B C"), ("Z", "A")})
     assert tags == ["B-X", "I-X", "O", "B-X", "I-X"]
     assert sorted(unplaced) == [("Y", "B C"), ("Z", "A")]
 
@@ -115,15 +134,15 @@ def test_bootstrap_brackets_the_estimate_and_is_reproducible():
     gold = ner.load_examples(DEV)
     preds = [{"entities": {t: [m for j, m in enumerate(v or ()) if (i + j) % 3] for t, v in ex["entities"].items()}}
              for i, ex in enumerate(gold)]
-    m = evaluate.score(gold, preds)
+    m = _score(gold, preds)[0]
     lo, hi = m["micro_f1_ci95"]
     assert lo < m["micro_f1"] < hi and hi - lo < 0.1
     # a test set too large for one [resamples, N] index array goes through the chunked path
     rng = np.random.default_rng(1)
     tp, fp, fn = rng.integers(0, 4, (3, 20_000))
-    lo, hi = evaluate.bootstrap_f1(tp, fp, fn)
-    point = evaluate.prf(tp.sum(), fp.sum(), fn.sum())[2]
-    assert lo < point < hi and hi - lo < 0.02 and [lo, hi] == evaluate.bootstrap_f1(tp, fp, fn)
+    lo, hi = metrics.bootstrap_f1(tp, fp, fn)
+    point = metrics.prf(tp.sum(), fp.sum(), fn.sum())[2]
+    assert lo < point < hi and hi - lo < 0.02 and [lo, hi] == metrics.bootstrap_f1(tp, fp, fn)
 
 
 def write_jsonl(path, rows):
@@ -133,7 +152,7 @@ def write_jsonl(path, rows):
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "jaxfin.evaluate", *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_predictions_cli_end_to_end(tmp_path):
@@ -146,7 +165,7 @@ def test_predictions_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "micro F1 0.4706" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == list(evaluate.METRIC_KEYS)
+    assert list(metrics) == list(METRIC_KEYS)
     assert metrics["micro_f1"] == pytest.approx(8 / 17) and metrics["overlength_rate"] == pytest.approx(0.2)
     assert set(metrics["per_type"]["Company"]) == {"precision", "recall", "f1", "support"}
     assert set(metrics["seqeval"]) == {"micro_f1", "macro_f1", "per_type"}
@@ -154,9 +173,9 @@ def test_predictions_cli_end_to_end(tmp_path):
     assert [r["id"] for r in rows] == [ex["id"] for ex in GOLD]
     assert {"id", "completion", "entities", "fp", "fn"} <= set(rows[0])
     report = (out / "report.md").read_text()
-    assert f"]({evaluate.CHART})" in report and "| Company | 5 |" in report
+    assert f"]({fire.CHART})" in report and "| Company | 5 |" in report
     assert "0 gold and 2 predicted mentions had no free occurrence" in report
-    assert (out / evaluate.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / fire.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
     # our own predictions.jsonl scores the same when fed back
     again = tmp_path / "again"
@@ -181,7 +200,7 @@ def test_predictions_cli_id_mismatch_is_one_line(tmp_path):
 ])
 def test_bad_prediction_lines(tmp_path, line, message):
     with pytest.raises(UserError, match=message):
-        evaluate.load_predictions(write_jsonl(tmp_path / "p.jsonl", [line]), GOLD)
+        predict.read_predictions(write_jsonl(tmp_path / "p.jsonl", [line]), fire.task(TYPES), GOLD)
 
 
 def test_max_examples_needs_model(tmp_path, capsys):
@@ -195,32 +214,26 @@ def test_max_examples_needs_model(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """synthetic.py's tiny assets (random Llama with an R1-style tokenizer, canonical NER JSONL), loaded by H1's
-    checkpoint.load_model exactly as the CLI loads them."""
-    from jaxfin import synthetic
-    from jaxfin.checkpoint import load_model
-
+    store.load exactly as the CLI loads them."""
     assets = synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("tiny")))
-    return assets, load_model(assets.model)
+    return assets, store.load(assets.model)
 
 
 def test_evaluate_model_wires_prompts_decoder_and_parser(tiny):
     """Completions equal decode.greedy on the same chat-template prompts, decoded with the think tags kept."""
-    from jaxfin import data, decode
-
     assets, model = tiny
     tok, examples = model.tokenizer(), ner.load_examples(assets.eval)[:3]
     types = ner.entity_types(examples)
-    preds = evaluate.evaluate_model(model, examples, max_new_tokens=6, batch_size=2, types=types)
-    prompts = [data.prompt_ids(tok, ner.prompt_messages(*ner.to_triple(ex, types)[:2])) for ex in examples]
+    preds = predict.generate(model, fire.task(types), examples, max_new_tokens=6, batch_size=2)
+    prompts = [chat.prompt_ids(tok, fire.prompt_messages(*fire.to_triple(ex, types)[:2])) for ex in examples]
     assert tok.decode(prompts[0]).endswith("<｜Assistant｜><think>\n")
     direct = decode.greedy(model.params, model.cfg, prompts, max_new_tokens=6, stop_ids=model.eos_ids, batch_size=2)
     assert [p["completion"] for p in preds] == [tok.decode(c.token_ids, skip_special_tokens=False) for c in direct]
     assert [p["finish_reason"] for p in preds] == [c.finish_reason for c in direct]
-    assert all(p["entities"] == ner.parse_completion(p["completion"]) for p in preds)
-    # the training target (data.py's think policy) parses back to exactly the target JSON
-    instruction, text, output = ner.to_triple(examples[0], types)
-    target = data.target_text(tok, ner.prompt_messages(instruction, text), output)
-    assert target.startswith("</think>\n\n") and ner.parse_completion(target) == json.loads(output)
+        # the training target (data.py's think policy) parses back to exactly the target JSON
+    instruction, text, output = fire.to_triple(examples[0], types)
+    target = chat.target_text(tok, fire.prompt_messages(instruction, text), output)
+    assert target.startswith("</think>\n\n") and fire.parse_completion(target) == json.loads(output)
 
 
 def test_model_cli_path(tiny, tmp_path):

@@ -19,32 +19,36 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxfin import checkpoint, config_flags, convert, data, generate, lora, synthetic, train, workdir
+from jaxfin import config_flags, convert, errors, generate, synthetic, train
+from jaxfin.data import batches
 from jaxfin.errors import UserError, run_cli
+from jaxfin.io import hf as hf_io
+from jaxfin.io import store, workdir
+from jaxfin.model import lora
+from jaxfin.training import defaults, sft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import convert_weights  # noqa: E402
 
 STEPS, EVERY = 12, 4
 # Subprocesses see what the tests see (conftest: 8 CPU devices) and share their compilation cache. Bitwise
 # equality holds for one device configuration: the same run on a 1-device platform differs in the last bits.
 ENV = dict(os.environ)
 # `python -c DRIVER MODE ARGV...` runs the real CLI (run_cli(train.main)) with a test-only slowdown:
-#   slowS   every batch takes S seconds more, so a signal lands mid-run (data.batch_at is called per device
+#   slowS   every batch takes S seconds more, so a signal lands mid-run (batches.batch_at is called per device
 #           block of the batch: the first one sleeps);
 #   hangN   orbax never finalises checkpoint N (its `N.orbax-checkpoint-tmp` dir stays), so a kill lands mid-save.
 DRIVER = """
 import sys, time
-from jaxfin import data, errors, train
+from jaxfin import errors, train
+from jaxfin.data import batches
 mode = sys.argv[1]
 if mode.startswith("slow"):
-    real_batch_at = data.batch_at
+    real_batch_at = batches.batch_at
     def batch_at(*args, **kwargs):
         time.sleep(float(mode[4:]) if kwargs.get("process_index", 0) == 0 else 0.0)
         return real_batch_at(*args, **kwargs)
-    data.batch_at = batch_at
+    batches.batch_at = batch_at
 if mode.startswith("hang"):
     from orbax.checkpoint._src.path import atomicity  # private: the rename that completes a checkpoint
     real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -72,8 +76,8 @@ def _argv(assets, wd, *extra: str) -> list[str]:
 
 
 def _run(assets, wd, *extra: str) -> dict:
-    config, _ = config_flags.parse_args(_argv(assets, wd, *extra), TINY)
-    return train.run(config)
+    config, _ = config_flags.parse_args(_argv(assets, wd, *extra), defaults.tiny)
+    return sft.run(config)
 
 
 def _losses(wd) -> dict[int, float]:
@@ -154,18 +158,18 @@ def test_sigterm_saves_the_current_step_and_the_rerun_continues(assets, referenc
 
 
 def test_sigint_in_process_saves_restores_handlers_and_resumes(assets, reference, tmp_path, monkeypatch):
-    real, sent = data.batch_at, []
+    real, sent = batches.batch_at, []
 
     def interrupted(packed, index, *args, **kwargs):
         if index == 2 and not sent:  # while preparing step 3, as Ctrl-C would (once: a second one exits at once)
             sent.append(os.kill(os.getpid(), signal.SIGINT))
         return real(packed, index, *args, **kwargs)
 
-    monkeypatch.setattr(data, "batch_at", interrupted)
+    monkeypatch.setattr(batches, "batch_at", interrupted)
     out = _run(assets, tmp_path)
     assert out["stopped"] == 128 + signal.SIGINT and out["step"] == 3 and workdir.latest_step(str(tmp_path)) == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the loop's handler is gone
-    monkeypatch.setattr(data, "batch_at", real)
+    monkeypatch.setattr(batches, "batch_at", real)
     assert _run(assets, tmp_path)["metrics"][0]["step"] == 4
     assert _losses(tmp_path) == reference[1]
 
@@ -181,7 +185,7 @@ def _state(wd, step: int) -> tuple[list[np.ndarray], dict]:
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(assets, reference, tmp_path, monkeypatch):
     """NaN loss masks poison the batches of steps 3 and 6, 7, 8: step 3 is skipped (state unchanged, counted) and
     training goes on; three in a row stop it at step 8 with one line, the checkpoints before it kept."""
-    real = data.batch_at
+    real = batches.batch_at
 
     def poisoned(packed, index, *args, **kwargs):
         batch = real(packed, index, *args, **kwargs)
@@ -189,7 +193,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(assets, reference,
             batch["loss_mask_BT"] = batch["loss_mask_BT"] * np.float32(np.nan)
         return batch
 
-    monkeypatch.setattr(data, "batch_at", poisoned)
+    monkeypatch.setattr(batches, "batch_at", poisoned)
     with pytest.raises(UserError, match=r"^training stopped at step 8: 3 consecutive steps \(6-8\) had a non-finite "
                                         r"loss or gradients and were skipped \(adapters not updated\); checkpoint 7 "
                                         r"holds the last good state"):
@@ -213,14 +217,14 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(assets, reference,
 
 
 def test_training_starts_from_the_model_adapters(assets, tmp_path, capsys):
-    params, cfg, hf_config = convert.load_hf(assets.model)
+    params, cfg, hf_config = hf_io.load_hf(assets.model)
     lcfg = lora.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
     rng = np.random.default_rng(0)
     adapters = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), lora.shapes(cfg, lcfg))
     ckpt = str(tmp_path / "ckpt")
-    checkpoint.save_model(ckpt, params, cfg, hf_config=hf_config,
-                          generation_config=convert.read_generation_config(assets.model),
-                          tokenizer_files=convert.tokenizer_files(assets.model), lora=adapters, lora_config=lcfg)
+    store.save_model(ckpt, params, cfg, hf_config=hf_config,
+                          generation_config=hf_io.read_generation_config(assets.model),
+                          tokenizer_files=hf_io.tokenizer_files(assets.model), lora=adapters, lora_config=lcfg)
     wd = tmp_path / "wd"
     # A config that disagrees with the adapters: one line naming the keys and the fix; nothing written.
     with pytest.raises(UserError, match=rf"^model.path={ckpt} has LoRA adapters with lora.rank=4, lora.alpha=8.0, "
@@ -233,7 +237,7 @@ def test_training_starts_from_the_model_adapters(assets, tmp_path, capsys):
     out = _run(assets, wd, f"--config.model.path={ckpt}", "--config.lora.rank=4", "--config.lora.alpha=8",
                "--config.lora.targets=q_proj,v_proj", "--config.optim.lr=0", "--config.train.steps=1")
     assert out["step"] == 1 and "starting from the LoRA adapters of" in capsys.readouterr().out
-    trained, got_lcfg, base, _ = workdir.load_adapters(str(wd))
+    trained, got_lcfg, base, _ = workdir.restore_adapters(str(wd))
     assert got_lcfg == dataclasses.replace(lcfg, dropout=0.1) and base == os.path.abspath(ckpt)  # dropout: config's
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(adapters)):
         np.testing.assert_array_equal(np.asarray(a), b)
@@ -279,14 +283,14 @@ def bad(assets, reference, tmp_path_factory):
     _write(d / "gpt2" / "config.json", json.dumps({**hf, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     os.rename(d / "pickle" / "model.safetensors", d / "pickle" / "pytorch_model.bin")
     ckpt = str(d / "ckpt")
-    params, cfg, hf = convert.load_hf(assets.model)
-    checkpoint.save_model(ckpt, params, cfg, hf_config=hf, generation_config=None, tokenizer_files={})
+    params, cfg, hf = hf_io.load_hf(assets.model)
+    store.save_model(ckpt, params, cfg, hf_config=hf, generation_config=None, tokenizer_files={})
     out["ckpt_no_params"] = shutil.copytree(ckpt, d / "ckpt_no_params")
     shutil.rmtree(d / "ckpt_no_params" / "params")
     out["ckpt_damaged"] = shutil.copytree(ckpt, d / "ckpt_damaged")
     out["ckpt_foreign"] = shutil.copytree(ckpt, d / "ckpt_foreign")
-    record = json.load(open(d / "ckpt_foreign" / checkpoint.MODEL_JSON))
-    _write(d / "ckpt_foreign" / checkpoint.MODEL_JSON, json.dumps({**record, "format": "another-model-format"}))
+    record = json.load(open(d / "ckpt_foreign" / store.MODEL_JSON))
+    _write(d / "ckpt_foreign" / store.MODEL_JSON, json.dumps({**record, "format": "another-model-format"}))
     out["workdir_damaged"] = shutil.copytree(reference[0], d / "workdir_damaged")
     for where in (d / "ckpt_damaged" / "params", d / "workdir_damaged" / "checkpoints" / str(STEPS) / "lora"):
         biggest = max(glob.glob(f"{where}/ocdbt.process_0/d/*"), key=os.path.getsize)
@@ -349,7 +353,7 @@ def test_bad_model_directories_one_line_in_every_cli(assets, bad, tmp_path, caps
     prompts = _write(tmp_path / "prompts.jsonl", '{"prompt": "Apple Inc. reported revenue."}\n')
     _one_error_line(*_cli(train.main, _argv(assets, wd, f"--config.model.path={path}"), capsys), pattern)
     _one_error_line(*_cli(generate.main, ["--model", path, "--prompts", prompts, "--out", out_jsonl], capsys), pattern)
-    _one_error_line(*_cli(convert_weights.main, ["to-hf", "--checkpoint", path, "--out", out_dir], capsys), pattern)
+    _one_error_line(*_cli(convert.main, ["to-hf", "--checkpoint", path, "--out", out_dir], capsys), pattern)
     assert sorted(os.listdir(tmp_path)) == ["prompts.jsonl"]  # no workdir, no output file, no temp dirs
 
 
@@ -360,7 +364,7 @@ def test_resume_from_a_damaged_checkpoint_and_converter_output_in_use(assets, ba
                     rf"{wd}/checkpoints/12: cannot restore this checkpoint, delete it to resume from the previous one")
     assert sorted(os.listdir(wd)) == before
     out = bad["foreign"]
-    _one_error_line(*_cli(convert_weights.main, ["to-hf", "--checkpoint", assets.model, "--out", out], capsys),
+    _one_error_line(*_cli(convert.main, ["to-hf", "--checkpoint", assets.model, "--out", out], capsys),
                     rf"--out {out}: directory is not empty \(pass --overwrite to replace it\)")
     assert os.listdir(bad["foreign"]) == ["notes.txt"]
 
@@ -391,8 +395,9 @@ def test_no_traceback_from_the_real_command(assets, bad, tmp_path):
 
 
 def test_no_remote_code_and_nothing_unpickles():
-    """Weights come through jaxfin.safetensors_io (and orbax for jaxfin checkpoints); pickle-only model dirs are
-    refused above ("pickle weights only"), PEFT's adapter_model.bin in test_export."""
-    sources = glob.glob(os.path.join(ROOT, "jaxfin", "*.py")) + glob.glob(os.path.join(ROOT, "tools", "*.py"))
+    """Weights come through jaxfin.io.safetensors (and orbax for jaxfin checkpoints); pickle-only model dirs are
+    refused above ("pickle weights only"), PEFT's adapter_model.bin in tests/io/test_peft.py."""
+    sources = glob.glob(os.path.join(ROOT, "jaxfin", "**", "*.py"), recursive=True) + \
+        glob.glob(os.path.join(ROOT, "tools", "*.py"))
     banned = ("trust_remote_code", "import pickle", "pickle.load", "torch.load", "weights_only")
     assert len(sources) > 10 and not [(p, b) for p in sources for b in banned if b in open(p).read()]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
-from jaxfin import decode
-from jaxfin.convert import params_from_state_dict
 from jaxfin.errors import UserError
-from jaxfin.model import ModelConfig, forward
+from jaxfin.infer import decode
+from jaxfin.io.hf import params_from_state_dict
+from jaxfin.model.config import ModelConfig
+from jaxfin.model.decoder import forward
+
 
 NEW = 48
 LENGTHS = [1, 64, 5, 33, 17, 2, 48, 9]  # one batch mixing prompt lengths 1..64

@@ -3,9 +3,11 @@
 import datasets
 import huggingface_hub
 import pytest
-
-from jaxfin import checkpoint, hub, ner
 from jaxfin.errors import UserError
+from jaxfin.io import hub
+from jaxfin.io import store
+from jaxfin.tasks import ner
+
 
 
 def test_is_hub_id(tmp_path):
@@ -53,7 +55,7 @@ def test_model_hub_id_downloads_safetensors_only(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     with pytest.raises(UserError, match="not a model directory"):
-        checkpoint.load_model("org/model")
+        store.load("org/model")
     assert calls[0][0] == "org/model"
     assert "*.safetensors" in calls[0][1] and not any(p.endswith(".bin") for p in calls[0][1])
 
@@ -64,4 +66,4 @@ def test_model_hub_failure_is_one_line(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(UserError, match=r"^org/model: no such local directory, and downloading .*couldn't connect"):
-        checkpoint.load_model("org/model")
+        store.load("org/model")
