@@ -7,6 +7,7 @@ on the same machine reuses earlier compilations; set JAX_COMPILATION_CACHE_DIR t
 
 import os
 
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -10,6 +10,7 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
 from jaxfin import generate
 from jaxfin.errors import run_cli
 from jaxfin.io import store

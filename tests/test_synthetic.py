@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from jaxfin.tasks import fire
-from jaxfin.data import chat
+
 from jaxfin import synthetic
+from jaxfin.data import chat
 from jaxfin.io import hf as hf_io
 from jaxfin.model import decoder
 from jaxfin.model.config import ModelConfig
-from jaxfin.tasks import ner
-
+from jaxfin.tasks import fire, ner
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+
 SCRIPTS = sorted((pathlib.Path(__file__).parents[1] / "tpu").glob("*.sh"))
 
 

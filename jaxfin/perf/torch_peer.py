@@ -8,11 +8,11 @@ keep a GPU memory pool that they do not give back while the process lives, and e
 libraries. jaxfin.profile starts the child before JAX allocates anything, so each side has the device in turn.
 torch, transformers and peft are test extras, imported only inside the child's functions.
 
-The step mirrors jaxfin.training.step.train_step with losses.sft_loss: peft LoRA (same rank, alpha, rsLoRA, dropout, targets; adapters in f32
-as peft's `autocast_adapter_dtype` keeps them), NEFTune noise on the input embeddings in training, the packed
-rows given as `position_ids` (transformers then masks attention per segment, with sdpa), gradient accumulation
-over the same micro-batches, gradient clipping and AdamW; gradient checkpointing when jaxfin remats.
-"""
+The step mirrors jaxfin.training.step.train_step with losses.sft_loss: peft LoRA (same rank, alpha, rsLoRA,
+dropout, targets; adapters in f32 as peft's `autocast_adapter_dtype` keeps them), NEFTune noise on the input
+embeddings in training, the packed rows given as `position_ids` (transformers then masks attention per segment,
+with sdpa), gradient accumulation over the same micro-batches, gradient clipping and AdamW; gradient checkpointing
+when jaxfin remats. """
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ preference pairs and self-distillation reach a dataset only through it.
 
     task = tasks.get("fpb")                      # jaxfin.tasks: the registry
     examples = task.read(task.files["valid"])    # the task's own file format -> [{"id", ...}]
-    task.messages(ex)                            # [{"role": "user", "content": prompt}]  (the chat template is applied later)
+    task.messages(ex)                            # [{"role": "user", "content": prompt}]: chat template applied later
     task.target(ex)                              # "negative": the answer text the model is trained to produce
     pred = task.parse(completion)                # a JSON-able prediction (None: nothing parseable)
     metrics = task.score(examples, preds)        # {"primary": "f1", "f1": ..., "f1_ci95": [lo, hi], ...}
@@ -64,8 +64,8 @@ def data_root() -> str:
     if os.environ.get(DATA_ENV):
         return os.environ[DATA_ENV]
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.path.join(here, "..", "..", "..", "shared", "data"), os.path.join(os.getcwd(), "..", "shared", "data"),
-                  os.path.join(os.getcwd(), "shared", "data")]
+    candidates = [os.path.join(here, "..", "..", "..", "shared", "data"),
+                  os.path.join(os.getcwd(), "..", "shared", "data"), os.path.join(os.getcwd(), "shared", "data")]
     for c in candidates:
         if os.path.isdir(c):
             return os.path.normpath(c)

@@ -17,8 +17,9 @@ from jaxfin.io import workdir
 
 
 class MetricsLog:
-    """metrics.jsonl, TensorBoard scalars and the tqdm bar; files on process 0 only. Counts the steps skipped by the NaN/Inf guard: `nonfinite_steps` in every row is the
-    run's total so far (kept across resumes in the checkpoints), and `consecutive` the current streak."""
+    """metrics.jsonl, TensorBoard scalars and the tqdm bar; files on process 0 only. Counts the steps skipped by
+    the NaN/Inf guard: `nonfinite_steps` in every row is the run's total so far (kept across resumes in the
+    checkpoints), and `consecutive` the current streak."""
 
     def __init__(self, wd: str, first: int, total: int, every: int, nonfinite: int = 0):
         self.every, self.total, self.rows = max(every, 1), total, []

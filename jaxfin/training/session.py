@@ -47,7 +47,8 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     if config.model.remat not in decoder.REMAT_POLICIES:
         raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(decoder.REMAT_POLICIES)}")
     if config.model.attention_impl not in ATTENTION_IMPLS:
-        raise UserError(f"model.attention_impl={config.model.attention_impl!r}: choose xla or cudnn (or leave it unset)")
+        raise UserError(f"model.attention_impl={config.model.attention_impl!r}: choose xla or cudnn (or leave it "
+                        f"unset)")
     return mesh
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
-from jaxfin.tasks.base import data_path
+
 from jaxfin import synthetic
-from jaxfin.data import batches
-from jaxfin.data import chat
-from jaxfin.data import packing
+from jaxfin.data import batches, chat, packing
 from jaxfin.errors import UserError
 from jaxfin.tasks import fire
+from jaxfin.tasks.base import data_path
 
 
 QWEN_DIR = data_path("tokenizers",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+
 from jaxfin.errors import UserError
 from jaxfin.infer import decode
 from jaxfin.io.hf import params_from_state_dict

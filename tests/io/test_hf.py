@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_models import FAMILIES, forward, reference_logits, save_tokenizer, state_dict_numpy, tiny_model, to_tf4_config
 from safetensors.numpy import load_file, save_file
-from jaxfin.errors import run_cli
+
+from hf_models import FAMILIES, forward, reference_logits, save_tokenizer, state_dict_numpy, tiny_model, to_tf4_config
+
 from jaxfin import convert
+from jaxfin.errors import run_cli
 from jaxfin.io import hf as hf_io
 from jaxfin.training import sharding
 

@@ -3,11 +3,10 @@
 import datasets
 import huggingface_hub
 import pytest
-from jaxfin.errors import UserError
-from jaxfin.io import hub
-from jaxfin.io import store
-from jaxfin.tasks import ner
 
+from jaxfin.errors import UserError
+from jaxfin.io import hub, store
+from jaxfin.tasks import ner
 
 
 def test_is_hub_id(tmp_path):

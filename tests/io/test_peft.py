@@ -20,23 +20,20 @@ import peft
 import pytest
 import torch
 import transformers
-from hf_models import forward, save_tokenizer, tiny_model
 from safetensors.numpy import load_file, save_file
-from jaxfin.training import losses
-from jaxfin import config_flags
-from jaxfin import convert
+
+from hf_models import forward, save_tokenizer, tiny_model
+
+from jaxfin import config_flags, convert
 from jaxfin.data import batches
 from jaxfin.errors import UserError
 from jaxfin.infer import decode
 from jaxfin.io import peft as peft_io
-from jaxfin.io import store
-from jaxfin.io import workdir
+from jaxfin.io import store, workdir
 from jaxfin.model import lora
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import LORA_TARGETS
-from jaxfin.training import session
-from jaxfin.training import sharding
-from jaxfin.training import step
+from jaxfin.training import losses, session, sharding, step
 
 
 ROOT = Path(__file__).resolve().parents[2]

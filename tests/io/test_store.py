@@ -1,8 +1,6 @@
 """jaxfin checkpoints, load_model over every kind of model path, and the converter CLI end to end."""
 
 import json
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,19 +8,17 @@ import ml_dtypes
 import numpy as np
 import pytest
 import transformers
-from hf_models import save_tokenizer, tiny_model
 from safetensors.numpy import load_file
-from jaxfin.errors import run_cli
+
+from hf_models import save_tokenizer, tiny_model
+
 from jaxfin import convert
-from jaxfin.errors import UserError
+from jaxfin.errors import run_cli, UserError
 from jaxfin.io import hf as hf_io
 from jaxfin.io import safetensors as st_io
-from jaxfin.io import store
-from jaxfin.io import workdir
+from jaxfin.io import store, workdir
 from jaxfin.model import lora as lora_lib
 from jaxfin.training import sharding
-
-
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from hf_models import FAMILIES, forward, reference_logits, tiny_model
+
 from jaxfin.io import hf as hf_io
 from jaxfin.model.config import ModelConfig
-from jaxfin.model.params import init_params
-from jaxfin.model.params import logical_axes
-from jaxfin.model.params import param_shapes
+from jaxfin.model.params import init_params, logical_axes, param_shapes
 
 
 TOL = 1e-4  # f32 logits, max abs difference

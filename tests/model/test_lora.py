@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hf_models import forward, reference_logits, state_dict_numpy, tiny_model
+
 from jaxfin.io import hf as hf_io
 from jaxfin.model import lora
 from jaxfin.model.config import ModelConfig

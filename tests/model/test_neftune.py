@@ -10,9 +10,8 @@ import optax
 import pytest
 import torch
 from transformers.integrations.neftune import neftune_post_forward_hook
-from jaxfin.model import decoder
-from jaxfin.model import lora
-from jaxfin.model import neftune
+
+from jaxfin.model import decoder, lora, neftune
 from jaxfin.model import params as params_lib
 from jaxfin.model.config import ModelConfig
 from jaxfin.training import losses

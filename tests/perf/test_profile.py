@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxfin.errors import UserError
-from jaxfin.errors import run_cli
-from jaxfin.model.config import ModelConfig
+
 from jaxfin import profile as profile_cli
+from jaxfin.errors import run_cli, UserError
 from jaxfin.model import params as params_lib
 from jaxfin.model import presets
+from jaxfin.model.config import ModelConfig
 from jaxfin.perf import flops, profile
 
 

@@ -8,17 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from jaxfin.tasks.base import data_path
-from jaxfin import errors
-from jaxfin import evaluate
-from jaxfin.errors import UserError
-from jaxfin import synthetic
+
+from jaxfin import errors, evaluate, synthetic
 from jaxfin.data import chat
+from jaxfin.errors import UserError
 from jaxfin.evaluation import metrics, predict
 from jaxfin.infer import decode
 from jaxfin.io import store
-from jaxfin.tasks import fire
-from jaxfin.tasks import ner
+from jaxfin.tasks import fire, ner
+from jaxfin.tasks.base import data_path
 
 
 DEV = data_path("fire_financial_ner",

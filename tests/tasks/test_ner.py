@@ -6,10 +6,10 @@ import os
 import warnings
 
 import pytest
-from jaxfin.tasks.base import data_root
+
 from jaxfin.errors import UserError
-from jaxfin.tasks import fire
-from jaxfin.tasks import ner
+from jaxfin.tasks import fire, ner
+from jaxfin.tasks.base import data_root
 
 
 DATA = data_root()

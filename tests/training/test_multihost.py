@@ -14,15 +14,12 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxfin.training import defaults
-from jaxfin import config_flags
-from jaxfin import synthetic
-from jaxfin.data import batches
-from jaxfin.data import packing
+
+from jaxfin import config_flags, synthetic
+from jaxfin.data import batches, packing
 from jaxfin.errors import UserError
 from jaxfin.io import workdir
-from jaxfin.training import distributed
-from jaxfin.training import sft
+from jaxfin.training import defaults, distributed, sft
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

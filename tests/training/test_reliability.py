@@ -19,13 +19,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxfin import config_flags, convert, errors, generate, synthetic, train
+from jaxfin import config_flags, convert, generate, synthetic, train
 from jaxfin.data import batches
-from jaxfin.errors import UserError, run_cli
+from jaxfin.errors import run_cli, UserError
 from jaxfin.io import hf as hf_io
 from jaxfin.io import store, workdir
 from jaxfin.model import lora
 from jaxfin.training import defaults, sft
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

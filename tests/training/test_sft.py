@@ -1,33 +1,27 @@
 """The train step (chunked loss, accumulation, frozen base, optimizer state, one compile) and the loop on the
 self-made tiny assets (falling loss, outputs, resume continuing the loss curve), plus config errors."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jaxfin.training import defaults
-from jaxfin import config_flags
-from jaxfin import synthetic
+
+from jaxfin import config_flags, synthetic
 from jaxfin.data import batches
 from jaxfin.errors import UserError
-from jaxfin.io import store
-from jaxfin.io import workdir
+from jaxfin.io import store, workdir
 from jaxfin.model import lora
 from jaxfin.model import params as params_lib
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
-from jaxfin.training import losses
-from jaxfin.training import session
-from jaxfin.training import sft
-from jaxfin.training import sharding
+from jaxfin.training import defaults, losses, session, sft, sharding
 from jaxfin.training import step as step_lib
 
 

@@ -1,15 +1,14 @@
 """Mesh construction and errors, partition specs, and the train step giving the same losses on 1 device and on
 8 simulated CPU devices (conftest sets --xla_force_host_platform_device_count=8)."""
 
-import os
-
 import functools
+import os
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from jaxfin.training import losses
+
 from jaxfin import config_flags
 from jaxfin.data import batches
 from jaxfin.errors import UserError
@@ -17,8 +16,7 @@ from jaxfin.model import lora
 from jaxfin.model import params as params_lib
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
-from jaxfin.training import session
-from jaxfin.training import sharding
+from jaxfin.training import losses, session, sharding
 from jaxfin.training import step as step_lib
 
 
