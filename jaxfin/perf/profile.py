@@ -2,10 +2,10 @@
 decode roofline fraction, and transformers + peft on the same device in the same run (`python -m jaxfin.profile`).
 
 Order of a run: the peer (perf/torch_peer.py, a child process, started before JAX allocates anything), then the
-train step (training/step.jit_train_step with losses.sft_loss: LoRA + NEFTune per the config, compiled once, warm-
-up, then --steps timed steps, median), the decoder (decode.prefill + decode.decode_loop at batch 1 and 32), and
-last the memory bandwidth (a large on-device elementwise copy). GPU memory preallocation is off
-(XLA_PYTHON_CLIENT_PREALLOCATE =false unless set) so that the peer can run first on an empty device; JAX then grows
+train step (training/step.jit_train_step with losses.sft_loss: LoRA + NEFTune per the config, compiled once,
+warm-up, then --steps timed steps, median), the decoder (decode.prefill + decode.decode_loop at batch 1 and 32),
+and last the memory bandwidth (a large on-device elementwise copy). GPU memory preallocation is off
+(XLA_PYTHON_CLIENT_PREALLOCATE=false unless set) so that the peer can run first on an empty device; JAX then grows
 its pool on demand.
 """
 
