@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 import transformers
 
@@ -18,11 +17,6 @@ from jaxfin.io import hf as hf_io
 from jaxfin.model import decoder
 from jaxfin.model.config import ModelConfig
 from jaxfin.tasks import fire, ner
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> synthetic.TinyAssets:
-    return synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("tiny")), seed=0)
 
 
 def _files(root: str) -> dict[str, bytes]:

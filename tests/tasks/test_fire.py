@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxfin import errors, evaluate, synthetic
+from jaxfin import errors, evaluate
 from jaxfin.data import chat
 from jaxfin.errors import UserError
 from jaxfin.evaluation import metrics, predict
@@ -210,10 +210,8 @@ def test_max_examples_needs_model(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """synthetic.py's tiny assets (random Llama with an R1-style tokenizer, canonical NER JSONL), loaded by H1's
-    store.load exactly as the CLI loads them."""
-    assets = synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("tiny")))
+def tiny(assets):
+    """The tiny assets (conftest) with their model loaded by store.load, exactly as the CLI loads it."""
     return assets, store.load(assets.model)
 
 

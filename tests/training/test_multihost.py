@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxfin import config_flags, synthetic
+from jaxfin import config_flags
 from jaxfin.data import batches, packing
 from jaxfin.errors import UserError
 from jaxfin.io import workdir
@@ -96,11 +96,6 @@ def test_local_batch_is_exactly_the_rows_of_each_process_devices(axes, accum):
 # Two processes x 2 CPU devices against one process x 4 devices.
 
 N, M = 4, 6  # steps of the first two-process run, then of the resumed one
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("assets")))
 
 
 def _overrides(assets, wd, steps) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxfin import config_flags, convert, generate, synthetic, train
+from jaxfin import config_flags, convert, generate, train
 from jaxfin.data import batches
 from jaxfin.errors import run_cli, UserError
 from jaxfin.io import hf as hf_io
@@ -60,11 +60,6 @@ if mode.startswith("hang"):
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
 errors.run_cli(train.main, sys.argv[2:])
 """
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("assets")))
 
 
 def _argv(assets, wd, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxfin import config_flags, synthetic
+from jaxfin import config_flags
 from jaxfin.data import batches
 from jaxfin.errors import UserError
 from jaxfin.io import store, workdir
@@ -113,11 +113,6 @@ def test_gradient_accumulation_equals_one_big_batch():
 # The loop on the tiny assets.
 
 N = 8  # steps before the "preemption"
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return synthetic.write_tiny_assets(str(tmp_path_factory.mktemp("assets")))
 
 
 def _config(assets, wd, steps, **eval_overrides):
