@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from jaxfin.tasks import finben_ner, finer_ord, headlines, sentiment
 from jaxfin.tasks.base import Task
 
-REGISTRY: dict[str, Callable[..., Task]] = {}
+REGISTRY: dict[str, Callable[..., Task]] = {
+    "fpb": sentiment.fpb,
+    "fiqasa": sentiment.fiqasa,
+    "headlines": headlines.headlines,
+    "finben_ner": finben_ner.finben_ner,
+    "finer_ord": finer_ord.finer_ord,
+}
 
 
 def get(name: str, **options: Any) -> Task:
