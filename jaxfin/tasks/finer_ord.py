@@ -83,7 +83,7 @@ def _example(path: str, lineno: int, doc: int, sent: int, tokens: list[str], tag
             "text": " ".join(tokens), "answer": answer(tokens, tags)}
 
 
-def _read_sentences(path: str) -> list[Example]:
+def _read_sentences(path: str) -> list[tuple[int, Example]]:
     examples = []
     for lineno, row in records.read_jsonl(path):
         doc = records.field(path, lineno, row, "doc_idx", int)
@@ -94,14 +94,14 @@ def _read_sentences(path: str) -> list[Example]:
             raise ValueError(f"{path}:{lineno}: {len(tokens)} tokens but {len(tags)} tags")
         if not all(isinstance(t, str) for t in tokens + tags):
             raise ValueError(f"{path}:{lineno}: tokens and ner_tags should be strings")
-        examples.append(_example(path, lineno, doc, sent, tokens, tags))
+        examples.append((lineno, _example(path, lineno, doc, sent, tokens, tags)))
     return examples
 
 
-def _read_csv(path: str) -> list[Example]:
+def _read_csv(path: str) -> list[tuple[int, Example]]:
     """The original token CSV (gold_label,gold_token,doc_idx,sent_idx): a sentence is a run of rows sharing
     (doc_idx, sent_idx)."""
-    examples: list[Example] = []
+    examples: list[tuple[int, Example]] = []
     key, first_line, tokens, tags = None, 0, [], []
     for lineno, row in records.read_csv(path, ("gold_label", "gold_token", "doc_idx", "sent_idx")):
         try:
@@ -112,25 +112,26 @@ def _read_csv(path: str) -> list[Example]:
             raise ValueError(f"{path}:{lineno}: gold_label {label} is not in 0..{len(TAGS) - 1}")
         if (doc, sent) != key:
             if key is not None:
-                examples.append(_example(path, first_line, *key, tokens, tags))
+                examples.append((first_line, _example(path, first_line, *key, tokens, tags)))
             key, first_line, tokens, tags = (doc, sent), lineno, [], []
         tokens.append(row["gold_token"])
         tags.append(TAGS[label])
     if key is not None:
-        examples.append(_example(path, first_line, *key, tokens, tags))
+        examples.append((first_line, _example(path, first_line, *key, tokens, tags)))
     return examples
 
 
 def read(path: str) -> list[Example]:
     """FiNER-ORD sentences {id "doc-sent", doc_idx, sent_idx, tokens, label (BIO), text, answer} from the derived
     `*_sentences.jsonl` or the original token `.csv`; a (doc_idx, sent_idx) may occur once."""
-    examples = _read_csv(path) if os.path.splitext(path)[1] == ".csv" else _read_sentences(path)
+    numbered = _read_csv(path) if os.path.splitext(path)[1] == ".csv" else _read_sentences(path)
     seen = set()
-    for ex in examples:
+    for lineno, ex in numbered:
         if ex["id"] in seen:
-            raise ValueError(f"{path}: sentence (doc_idx, sent_idx) = ({ex['doc_idx']}, {ex['sent_idx']}) occurs twice")
+            raise ValueError(f"{path}:{lineno}: sentence (doc_idx, sent_idx) = ({ex['doc_idx']}, {ex['sent_idx']}) "
+                             "occurs twice")
         seen.add(ex["id"])
-    return examples
+    return [ex for _, ex in numbered]
 
 
 def score(examples: Sequence[Example], preds: Sequence[Prediction]) -> Metrics:

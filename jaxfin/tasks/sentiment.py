@@ -9,9 +9,10 @@ prediction is the first of the dataset's `choices` (in their stored order) that 
 integers with "missing" as -1 (its own class). The `<think>` block is dropped first (base.strip_think).
 
 The stored order of `choices` decides a completion that names two labels. It is a field of the leaderboard's
-Hugging Face datasets, which this project cannot read; the order below is the one quoted from rows of
-`ChanceFocus/en-fpb` (= flare-fpb) and `ChanceFocus/flare-fiqasa` in FinLoRA's and FinGPT's public documentation
-(fpb: positive, neutral, negative; fiqasa: negative, positive, neutral), not the order the prompts list them.
+Hugging Face datasets, which this project cannot read; the order below is the one shown in rows of
+`ChanceFocus/en-fpb` (= flare-fpb) and `ChanceFocus/flare-fiqasa` quoted by public FinGPT / FinLoRA contest and
+tutorial pages (fpb: positive, neutral, negative; fiqasa: negative, positive, neutral; two independent pages agree on
+fiqasa), not the order the prompts list them.
 """
 
 from __future__ import annotations

@@ -105,5 +105,5 @@ def test_errors_name_file_and_line(tmp_path, task):
     with pytest.raises(ValueError, match=r"s\.jsonl:2: 1 tokens but 2 tags"):
         task.read(str(path))
     path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=r"\(1, 0\) occurs twice"):
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: sentence \(doc_idx, sent_idx\) = \(1, 0\) occurs twice"):
         task.read(str(path))
