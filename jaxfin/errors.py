@@ -19,8 +19,9 @@ import warnings
 from typing import Callable, Sequence
 
 
-class UserError(Exception):
-    """Bad input (data, config, checkpoint, CLI argument); the message names the file/line/key/tensor."""
+class UserError(ValueError):
+    """Bad input (data, config, checkpoint, CLI argument); the message names the file/line/key/tensor. A
+    ValueError, so code that validates values may catch both alike."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -27,17 +27,21 @@ def _scalars(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def generic_report(task: Task, metrics: Mapping[str, Any], rows: Sequence[Mapping], meta: Mapping[str, str]) -> str:
-    """report.md for a task without its own: the primary metric with its interval, then every scalar metric."""
+def page(task: Task, metrics: Mapping[str, Any], rows: Sequence[Mapping], meta: Mapping[str, str]) -> str:
+    """report.md: the run's facts, the primary metric with its interval, the over-length rate, then the task's own
+    section (default: a table of every scalar metric)."""
     primary = metrics["primary"]
     lo, hi = metrics.get(f"{primary}_ci95", (float("nan"),) * 2)
     lines = [f"# {task.name} evaluation", ""]
     lines += [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += [f"- examples: {metrics['n_examples']}",
-              f"- **{primary} {metrics[primary]:.4f}** (95% bootstrap CI {lo:.4f}-{hi:.4f})",
-              f"- stopped at max_new_tokens: {metrics['overlength_rate']:.2%}", "",
-              "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in _scalars(metrics) if k != "n_examples"]
+              f"- **{metric_name(primary)} {metrics[primary]:.4f}** (95% bootstrap CI {lo:.4f}-{hi:.4f})",
+              f"- stopped at max_new_tokens: {metrics['overlength_rate']:.2%}"]
+    if task.report is not None:
+        lines += task.report(metrics, rows)
+    else:
+        lines += ["", "| metric | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in _scalars(metrics) if k != "n_examples"]
     return "\n".join(lines) + "\n"
 
 
@@ -50,5 +54,4 @@ def write(out_dir: str, task: Task, metrics: Mapping[str, Any], rows: Sequence[M
     write_jsonl(os.path.join(out_dir, "predictions.jsonl"), rows)
     if task.charts is not None:
         task.charts(out_dir, metrics)
-    text = task.report(metrics, rows, meta) if task.report else generic_report(task, metrics, rows, meta)
-    write_text(os.path.join(out_dir, "report.md"), text)
+    write_text(os.path.join(out_dir, "report.md"), page(task, metrics, rows, meta))

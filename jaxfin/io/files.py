@@ -4,6 +4,9 @@ a failure leaves nothing in place of the old output), and JSON / JSONL reading w
 from __future__ import annotations
 
 import contextlib
+import csv
+import gzip
+import io
 import json
 import os
 import shutil
@@ -76,26 +79,78 @@ def write_files(out_dir: Path, files: Mapping[str, bytes]) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     """A JSON file; UserError naming the file and line when it is not valid JSON."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        with open_text(path) as f, reading(path):
+            return json.loads(f.read())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
+def open_text(path: str | os.PathLike) -> io.TextIOBase:
+    """A text file for reading: UTF-8 with an optional byte-order mark (files saved on Windows), gzip when the name
+    ends in .gz; newline="" so csv sees the file's own line ends."""
+    path = os.fspath(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turns what goes wrong while reading `path` into one UserError naming it: text that is not UTF-8, a
+    truncated or corrupt gzip file."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+
+
 def json_line(path: str, lineno: int, line: str, invalid: str = "malformed JSON") -> dict:
-    """One JSONL line as an object; UserError "FILE:LINE: <invalid> (reason at column C)" otherwise."""
+    """One JSONL line as an object; UserError "FILE:LINE: <invalid> (reason at column C)" otherwise. A line that
+    opens a JSON array or is a lone brace (a pretty-printed JSON file saved as .jsonl) says that JSONL has one
+    object per line."""
     try:
         row = json.loads(line.rstrip("\r\n"))  # else a missing "}" is reported at column 1
     except json.JSONDecodeError as e:
+        text = line.strip()
+        if text in ("[", "{") or (text.startswith("[") and text.endswith(("{", "[", ","))):
+            raise UserError(f"{path}:{lineno}: not JSON Lines: this looks like one pretty-printed JSON document; "
+                            f"JSONL needs one JSON object per line") from None
         raise UserError(f"{path}:{lineno}: {invalid} ({e.msg} at column {e.colno})") from None
+    if isinstance(row, list):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got list (JSONL needs one JSON object per line)")
     if not isinstance(row, dict):
         raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     return row
 
 
 def read_jsonl(path: str, invalid: str = "malformed JSON") -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; UserError naming file:line for a line that is not a JSON
-    object (`invalid` words the message for text that is not JSON at all)."""
-    with open(path, encoding="utf-8") as f:
+    """(line number, object) for each non-blank line of a JSONL file (.gz too); UserError naming file:line for a
+    line that is not a JSON object (`invalid` words the message for text that is not JSON at all)."""
+    with open_text(path) as f, reading(path):
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 yield lineno, json_line(path, lineno, line, invalid)
+
+
+def read_csv(path: str, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) for every CSV record; the header must hold `columns` (others are ignored) and every
+    record as many fields as the header."""
+    with open_text(path) as f, reading(path):
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path}:1: empty file, expected a header with {', '.join(columns)}")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise UserError(f"{path}:1: header lacks column(s) {', '.join(missing)} (has {', '.join(header)})")
+            line_start = reader.line_num + 1
+            for fields in reader:
+                if len(fields) != len(header):
+                    raise UserError(f"{path}:{line_start}: {len(fields)} fields, the header has {len(header)}")
+                yield line_start, dict(zip(header, fields))
+                line_start = reader.line_num + 1
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: {e}") from None

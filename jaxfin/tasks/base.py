@@ -39,8 +39,8 @@ class Task:
     """One task. `score` returns the metrics dict written to metrics.json: it names its primary metric under
     "primary" and gives that metric's 95 % bootstrap interval under f"{primary}_ci95"; the evaluation runner adds
     the task-independent keys (n_examples, overlength_rate). `details` adds per-example fields to
-    predictions.jsonl (e.g. false positives); `report` renders report.md (default: evaluation.report's generic
-    page) and `charts` writes figures beside it; `from_row` reads one line of a predictions file made elsewhere
+    predictions.jsonl (e.g. false positives); `report` gives the task's section of report.md (default: a table of
+    the scalar metrics) and `charts` writes figures beside it; `from_row` reads one line of a predictions file made elsewhere
     (default: its "completion", parsed)."""
 
     name: str
@@ -52,7 +52,7 @@ class Task:
     parse: Callable[[str], Prediction]
     score: Callable[[Sequence[Example], Sequence[Prediction]], Metrics]
     details: Callable[[Example, Prediction], dict[str, Any]] = lambda ex, pred: {"prediction": pred}
-    report: Callable[[Metrics, Sequence[dict], Mapping[str, str]], str] | None = None
+    report: Callable[[Metrics, Sequence[dict]], list[str]] | None = None  # (metrics, rows) -> markdown section
     charts: Callable[[str, Metrics], None] | None = None  # (out dir, metrics) -> figures written there
     from_row: Callable[["Task", Mapping[str, Any], str], Prediction] = _from_completion
     labels: tuple[str, ...] = ()  # the label set (classes, or entity types) where the task has one

@@ -27,6 +27,7 @@ from seqeval.metrics import f1_score as seqeval_f1
 from seqeval.metrics.sequence_labeling import get_entities
 
 from jaxfin.evaluation.metrics import bootstrap_f1, prf
+from jaxfin.io.files import read_jsonl
 from jaxfin.tasks import records
 from jaxfin.tasks.base import Example, Messages, Metrics, Prediction, Task, data_path, strip_think, user_turn
 
@@ -111,7 +112,7 @@ def entity_metrics(golds: Sequence[Sequence[str]], preds: Sequence[Sequence[str]
 
 def entity_report(name: str):
     """A markdown section: entity F1 with its interval, precision, recall, and a per-type table."""
-    def report(m: Metrics) -> list[str]:
+    def report(m: Metrics, rows: Sequence[dict]) -> list[str]:
         lo, hi = m["entity_f1_ci95"]
         lines = [f"### {name}", "",
                  f"Entity F1 (seqeval, micro) {m['entity_f1']:.4f} (95 % CI {lo:.4f}–{hi:.4f}), precision "
@@ -127,7 +128,7 @@ def read(path: str) -> list[Example]:
     """FinBen NER examples {id, text, label, answer, query} (the files' `tokens`, and train's
     `fin5_sentence_index`, are kept too); the BIO labels must align with text.split()."""
     examples, seen = [], set()
-    for lineno, row in records.read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         ex = dict(row)
         for key in ("id", "text", "answer", "query"):
             records.field(path, lineno, row, key)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from seqeval.metrics.sequence_labeling import get_entities
 
+from jaxfin.io.files import read_csv, read_jsonl
 from jaxfin.tasks import records
 from jaxfin.tasks.base import Example, Messages, Metrics, Prediction, Task, data_path, strip_think, user_turn
 from jaxfin.tasks.finben_ner import entity_counts, entity_metrics, entity_report, entity_strings
@@ -85,7 +86,7 @@ def _example(path: str, lineno: int, doc: int, sent: int, tokens: list[str], tag
 
 def _read_sentences(path: str) -> list[tuple[int, Example]]:
     examples = []
-    for lineno, row in records.read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         doc = records.field(path, lineno, row, "doc_idx", int)
         sent = records.field(path, lineno, row, "sent_idx", int)
         tokens = records.field(path, lineno, row, "tokens", list)
@@ -103,13 +104,15 @@ def _read_csv(path: str) -> list[tuple[int, Example]]:
     (doc_idx, sent_idx)."""
     examples: list[tuple[int, Example]] = []
     key, first_line, tokens, tags = None, 0, [], []
-    for lineno, row in records.read_csv(path, ("gold_label", "gold_token", "doc_idx", "sent_idx")):
+    for lineno, row in read_csv(path, ("gold_label", "gold_token", "doc_idx", "sent_idx")):
         try:
-            doc, sent, label = int(row["doc_idx"]), int(row["sent_idx"]), int(row["gold_label"])
-        except ValueError as e:
-            raise ValueError(f"{path}:{lineno}: doc_idx, sent_idx and gold_label should be integers") from e
-        if not 0 <= label < len(TAGS):
-            raise ValueError(f"{path}:{lineno}: gold_label {label} is not in 0..{len(TAGS) - 1}")
+            doc, sent = int(row["doc_idx"]), int(row["sent_idx"])
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: doc_idx and sent_idx should be integers") from None
+        label = row["gold_label"]
+        if not (label.isdigit() and int(label) < len(TAGS)):
+            raise ValueError(f"{path}:{lineno}: gold_label {label!r} is not an integer 0-{len(TAGS) - 1}")
+        label = int(label)
         if (doc, sent) != key:
             if key is not None:
                 examples.append((first_line, _example(path, first_line, *key, tokens, tags)))
@@ -124,14 +127,19 @@ def _read_csv(path: str) -> list[tuple[int, Example]]:
 def read(path: str) -> list[Example]:
     """FiNER-ORD sentences {id "doc-sent", doc_idx, sent_idx, tokens, label (BIO), text, answer} from the derived
     `*_sentences.jsonl` or the original token `.csv`; a (doc_idx, sent_idx) may occur once."""
-    numbered = _read_csv(path) if os.path.splitext(path)[1] == ".csv" else _read_sentences(path)
+    return [ex for _, ex in read_numbered(path)]
+
+
+def read_numbered(path: str) -> list[tuple[int, Example]]:
+    """read(), each sentence with the line it starts on (the one reader of the format: ner.load_examples uses it)."""
+    numbered = _read_csv(path) if os.path.splitext(path)[1].lower() == ".csv" else _read_sentences(path)
     seen = set()
     for lineno, ex in numbered:
         if ex["id"] in seen:
             raise ValueError(f"{path}:{lineno}: sentence (doc_idx, sent_idx) = ({ex['doc_idx']}, {ex['sent_idx']}) "
                              "occurs twice")
         seen.add(ex["id"])
-    return [ex for _, ex in numbered]
+    return numbered
 
 
 def score(examples: Sequence[Example], preds: Sequence[Prediction]) -> Metrics:

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from jaxfin.evaluation.metrics import bootstrap_ci
+from jaxfin.io.files import read_jsonl
 from jaxfin.tasks import records
 from jaxfin.tasks.base import Example, Messages, Metrics, Prediction, Task, data_path, strip_think, user_turn
 
@@ -61,7 +62,7 @@ def read(path: str) -> list[Example]:
     if selector not in (None, "train", "test"):
         raise ValueError(f"{path}: unknown selector {selector!r} (known: train, test)")
     rows = []
-    for lineno, row in records.read_jsonl(file):
+    for lineno, row in read_jsonl(file):
         conv = records.field(file, lineno, row, "conversations", list)
         if len(conv) != 2 or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
             raise ValueError(f"{file}:{lineno}: 'conversations' should be [question, answer] turns with 'value'")
@@ -133,7 +134,7 @@ def score(examples: Sequence[Example], preds: Sequence[Prediction]) -> Metrics:
             "acc": float(np.mean(gold_N == pred_N)), "per_type_f1": per_type, "per_type_yes": yes}
 
 
-def report(m: Metrics) -> list[str]:
+def report(m: Metrics, rows: Sequence[dict]) -> list[str]:
     lo, hi = m["avg_f1_ci95"]
     lines = ["### headlines", "",
              f"Average of the per-question weighted F1: {m['avg_f1']:.4f} (95 % CI {lo:.4f}–{hi:.4f}), "

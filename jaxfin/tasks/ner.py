@@ -14,7 +14,6 @@ format (Cleanlab's parquet), where errors name the row.
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import os
 import unicodedata
@@ -23,12 +22,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxfin.errors import UserError
 from jaxfin.io import hub
-from jaxfin.io.files import json_line, read_jsonl
+from jaxfin.io.files import open_text, read_jsonl, reading
+from jaxfin.tasks import finer_ord
 
 Example = dict[str, Any]
 Entities = dict[str, list[str]]
 FORMATS = ("auto", "canonical", "fire", "finben", "finer_ord", "cleanlab", "hub")
-FINER_ORD_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")  # the repo's int -> tag mapping
 
 
 def normalize_mention(s: str) -> str:
@@ -71,10 +70,8 @@ def _detect(path: str) -> str:
         return "finer_ord"
     if ext == ".json":
         return "fire"
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                row = json_line(path, lineno, line)
+    for lineno, row in read_jsonl(path):
+        if row:
                 if "ner_tags" in row:
                     return "finer_ord"
                 if "label" in row and "tokens" in row:
@@ -158,37 +155,19 @@ def _read_finben(path: str) -> Iterator[tuple[str, Example]]:
 
 
 def _read_finer_ord(path: str) -> Iterator[tuple[str, Example]]:
-    rows: dict[str, tuple[str, str, list[str], list[str]]] = {}
-    if path.lower().endswith(".csv"):  # one token per row: gold_label,gold_token,doc_idx,sent_idx
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            need = {"gold_label", "gold_token", "doc_idx", "sent_idx"}
-            if not need <= set(reader.fieldnames or ()):
-                raise UserError(f"{path}:1: expected the FiNER-ORD header {','.join(sorted(need))}")
-            for rec in reader:
-                where = f"{path}:{reader.line_num}"
-                try:
-                    tag = FINER_ORD_LABELS[int(rec["gold_label"])]
-                except (ValueError, IndexError, TypeError):
-                    raise UserError(f"{where}: gold_label {rec['gold_label']!r} is not an integer 0-6") from None
-                key = f"{rec['doc_idx']}-{rec['sent_idx']}"
-                rows.setdefault(key, (where, key, [], []))
-                rows[key][2].append(rec["gold_token"] or "")
-                rows[key][3].append(tag)
-    else:  # derived sentence JSONL: {"doc_idx", "sent_idx", "tokens", "ner_tags"}
-        for lineno, row in read_jsonl(path):
-            if not isinstance(row.get("tokens"), list) or not isinstance(row.get("ner_tags"), list):
-                raise UserError(f"{path}:{lineno}: a FiNER-ORD row needs 'tokens' and 'ner_tags' lists")
-            key = f"{row.get('doc_idx')}-{row.get('sent_idx')}"
-            if key in rows:
-                raise UserError(f"{path}:{lineno}: duplicate sentence doc_idx-sent_idx {key}")
-            rows[key] = (f"{path}:{lineno}", key, [str(t) for t in row["tokens"]], [str(t) for t in row["ner_tags"]])
-    return _bio_examples(list(rows.values()))
+    """FiNER-ORD's token CSV or derived sentence JSONL, read by the finer_ord task (its one reader of the format)."""
+    try:
+        sentences = finer_ord.read_numbered(path)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return _bio_examples([(f"{path}:{lineno}", ex["id"], ex["tokens"], ex["label"]) for lineno, ex in sentences])
 
 
 def _read_fire(path: str) -> Iterator[tuple[str, Example]]:
     """FIRE span JSON: a list of {tokens, entities: [{type, start, end (exclusive)}], relations, orig_id}."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f, reading(path):
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:

@@ -3,16 +3,16 @@
 
 Scoring follows PIXIU `src/tasks/flare.py`, class `Classification` (github.com/The-FinAI/PIXIU, commit b92bc75,
 the last change to that file; FPB and FIQASA subclass it unchanged): the completion is stripped and lower-cased, the
-prediction is the first of the dataset's `choices` (in their stored order) that occurs in it as a substring, else
-"missing"; acc is the mean of exact matches, "F1" is scikit-learn's weighted F1 with `labels` = the set of gold labels
+prediction is the first of the task's labels (in the order its prompt lists them) that occurs in it as a substring,
+else "missing"; acc is the mean of exact matches, "F1" is scikit-learn's weighted F1 with `labels` = the set of gold labels
 (so a "missing" answer costs recall but is never a false positive), macro F1 likewise, MCC over the labels mapped to
 integers with "missing" as -1 (its own class). The `<think>` block is dropped first (base.strip_think).
 
-The stored order of `choices` decides a completion that names two labels. It is a field of the leaderboard's
-Hugging Face datasets, which this project cannot read; the order below is the one shown in rows of
-`ChanceFocus/en-fpb` (= flare-fpb) and `ChanceFocus/flare-fiqasa` quoted by public FinGPT / FinLoRA contest and
-tutorial pages (fpb: positive, neutral, negative; fiqasa: negative, positive, neutral; two independent pages agree on
-fiqasa), not the order the prompts list them.
+The label order decides a completion that names two labels. PIXIU loops over the dataset's `choices` field, which
+this project cannot read (it lives in the leaderboard's Hugging Face datasets); jaxfin uses the order each prompt
+lists the labels in (fpb: negative, positive, neutral; fiqasa: positive, negative, neutral). Rows of
+`ChanceFocus/en-fpb` and `flare-fiqasa` quoted on third-party pages suggest positive, neutral, negative and
+negative, positive, neutral; FPB_CHOICES / FIQASA_CHOICES are the one place to change if the datasets confirm it.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import numpy as np
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from jaxfin.evaluation.metrics import bootstrap_ci
+from jaxfin.io.files import read_csv, read_jsonl
 from jaxfin.tasks import records
 from jaxfin.tasks.base import Example, Messages, Metrics, Prediction, Task, data_path, strip_think, user_turn
 
 MISSING = "missing"
 
-# doc["choices"] of the leaderboard datasets, lower-cased (see the module docstring for the source).
-FPB_CHOICES = ("positive", "neutral", "negative")
-FIQASA_CHOICES = ("negative", "positive", "neutral")
+# The labels in the order the prompts list them, lower-cased: the tie-break order (see the module docstring).
+FPB_CHOICES = ("negative", "positive", "neutral")
+FIQASA_CHOICES = ("positive", "negative", "neutral")
 
 # The first of PIXIU's ten FPB instruction templates (PIXIU data/FPB/preprocess.py at commit 7923146, `prompts[0]`);
 # FinBen valid's `query` is this line, "\n", the sentence. Train sentences from the PhraseBank files get the same.
@@ -112,8 +113,8 @@ def classification_metrics(golds: Sequence[str], preds: Sequence[str | None], ch
     return metrics
 
 
-def _report(name: str) -> Callable[[Metrics], list[str]]:
-    def report(m: Metrics) -> list[str]:
+def _report(name: str) -> Callable[[Metrics, Sequence[dict]], list[str]]:
+    def report(m: Metrics, rows: Sequence[dict]) -> list[str]:
         lo, hi = m["f1_ci95"]
         lines = [f"### {name}", "",
                  f"Weighted F1 {m['f1']:.4f} (95 % CI {lo:.4f}–{hi:.4f}), accuracy {m['acc']:.4f}, "
@@ -151,7 +152,7 @@ def _check_label(path: str, lineno: int, label: str, allowed: Sequence[str]) -> 
 def _read_finben(path: str, allowed: Sequence[str]) -> list[Example]:
     """FinBen's deduplicated JSONL ({id, text, label, query}), one example per line."""
     examples, seen = [], set()
-    for lineno, row in records.read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         ex = {k: records.field(path, lineno, row, k) for k in ("id", "text", "label", "query")}
         _check_label(path, lineno, ex["label"], allowed)
         if ex["id"] in seen:
@@ -179,7 +180,7 @@ def read_fpb(path: str) -> list[Example]:
         excluded = {ex["text"] for ex in _read_finben(valid, allowed)}
     stem = os.path.splitext(os.path.basename(file))[0]
     examples = []
-    for lineno, row in records.read_csv(file, ("sentence", "label")):
+    for lineno, row in read_csv(file, ("sentence", "label")):
         _check_label(file, lineno, row["label"], allowed)
         if row["sentence"] in excluded:
             continue

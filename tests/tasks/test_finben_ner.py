@@ -117,7 +117,7 @@ def test_loader_counts(task):
     assert task.messages(ex) == [{"role": "user", "content": ex["query"]}]
     assert ex["query"].endswith(f"Text: {ex['text']}\nAnswer:")
     assert task.target(ex) == ex["answer"] and ", ORG" in ex["answer"]
-    text = "\n".join(task.report(task.score([ex], [task.parse(ex["answer"])])))
+    text = "\n".join(task.report(task.score([ex], [task.parse(ex["answer"])]), []))
     assert "| ORG |" in text and "Entity F1" in text
 
 

@@ -82,16 +82,19 @@ def test_loader_counts_and_csv_agreement(task):
     assert ex["tokens"][-1] == "UK" and task.target(ex) == "UK, ORG"
     prompt = task.messages(ex)[0]["content"]
     assert prompt.startswith(fo.INSTRUCTION) and prompt.endswith(f"\nText: {ex['text']}\nAnswer:")
-    assert "| ORG |" in "\n".join(task.report(task.score([ex], [task.parse("UK, ORG")])))
+    assert "| ORG |" in "\n".join(task.report(task.score([ex], [task.parse("UK, ORG")]), []))
 
 
 def test_errors_name_file_and_line(tmp_path, task):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("gold_label,gold_token,doc_idx,sent_idx\n0,Hello,1,0\n9,there,1,0\n")
-    with pytest.raises(ValueError, match=r"t\.csv:3: gold_label 9"):
+    with pytest.raises(ValueError, match=r"t\.csv:3: gold_label '9' is not an integer 0-6"):
         task.read(str(csv_path))
     csv_path.write_text("gold_label,gold_token,doc_idx,sent_idx\n0,Hello,1,0\nB,there,1,0\n")
-    with pytest.raises(ValueError, match=r"t\.csv:3: doc_idx, sent_idx and gold_label should be integers"):
+    with pytest.raises(ValueError, match=r"t\.csv:3: gold_label 'B' is not an integer 0-6"):
+        task.read(str(csv_path))
+    csv_path.write_text("gold_label,gold_token,doc_idx,sent_idx\n0,Hello,1,0\n0,there,x,0\n")
+    with pytest.raises(ValueError, match=r"t\.csv:3: doc_idx and sent_idx should be integers"):
         task.read(str(csv_path))
     csv_path.write_text("gold_label,gold_token,doc_idx\n0,Hello,1\n")
     with pytest.raises(ValueError, match=r"t\.csv:1: header lacks column\(s\) sent_idx"):

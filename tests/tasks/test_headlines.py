@@ -111,7 +111,7 @@ def test_gold_and_majority_baseline(task):
     assert m["avg_f1"] == pytest.approx(sum(per_type.values()) / 9, abs=1e-12)
     lo, hi = m["avg_f1_ci95"]
     assert lo < m["avg_f1"] < hi
-    text = "\n".join(task.report(m))
+    text = "\n".join(task.report(m, []))
     assert "| Asset Comparision |" in text and "avg" not in text.split("\n")[0]
 
 

@@ -24,8 +24,10 @@ def fiqasa():
 
 def test_parse_first_choice_in_stored_order(fpb, fiqasa):
     # Two labels in one answer: the first of the dataset's choices wins, not the first in the text.
-    assert fpb.parse("negative, or maybe positive") == "positive"  # fpb choices: positive, neutral, negative
-    assert fiqasa.parse("Positive rather than Negative") == "negative"  # fiqasa choices: negative, positive, neutral
+    assert fpb.parse("positive, or maybe negative") == "negative"  # fpb label order: negative, positive, neutral
+    assert fpb.parse("neutral, not positive") == "positive"
+    assert fiqasa.parse("Negative rather than Positive") == "positive"  # fiqasa: positive, negative, neutral
+    assert fiqasa.parse("Neutral, or Negative") == "negative"
     assert fpb.parse("  The sentiment is NEUTRAL.\n") == "neutral"  # stripped, lower-cased, substring
     assert fiqasa.parse("Neutral") == "neutral"
     assert fpb.parse("") is None and fpb.parse("bullish") is None  # PIXIU's "missing"
@@ -48,7 +50,8 @@ def test_metrics_hand_derived():
     # MCC with "missing" as its own class: (c*s - sum p_k t_k) / sqrt((s^2 - sum p_k^2)(s^2 - sum t_k^2))
     # c = 2, s = 4, t = (pos 2, neg 1, neu 1), p = (pos 1, neu 2, missing 1): (8 - 4) / sqrt(10 * 10) = 0.4
     assert m["mcc"] == pytest.approx(0.4, abs=1e-12)
-    assert m["confusion"]["counts"][0] == [1, 0, 0, 1]  # gold positive -> positive 1, missing 1
+    assert m["confusion"]["rows"] == ["negative", "positive", "neutral"]
+    assert m["confusion"]["counts"][1] == [0, 1, 0, 1]  # gold positive -> positive 1, missing 1
     assert m["per_label_f1"]["negative"] == 0.0
 
 
@@ -147,8 +150,8 @@ def test_fiqasa_loader_counts(fiqasa):
 
 def test_report_shows_confusion(fpb):
     m = sentiment.classification_metrics(["positive", "negative"], ["positive", None], sentiment.FPB_CHOICES)
-    text = "\n".join(fpb.report(m))
-    assert "| gold \\ predicted | positive | neutral | negative | missing | F1 |" in text
+    text = "\n".join(fpb.report(m, []))
+    assert "| gold \\ predicted | negative | positive | neutral | missing | F1 |" in text
     assert "| negative | 0 | 0 | 0 | 1 | 0.0000 |" in text
 
 
@@ -164,7 +167,7 @@ def test_errors_name_file_and_line(tmp_path, fiqasa):
     with pytest.raises(ValueError, match=r"l\.jsonl:2: label 'Bullish'"):
         fiqasa.read(bad_label)
     bad_json = _write(tmp_path / "j.jsonl", [good, "", "{oops"])
-    with pytest.raises(ValueError, match=r"j\.jsonl:3: invalid JSON"):
+    with pytest.raises(ValueError, match=r"j\.jsonl:3: malformed JSON"):
         fiqasa.read(bad_json)
     no_key = _write(tmp_path / "k.jsonl", [json.dumps({"id": "a", "text": "t", "label": "Positive"})])
     with pytest.raises(ValueError, match=r"k\.jsonl:1: missing key 'query'"):
@@ -175,7 +178,7 @@ def test_errors_name_file_and_line(tmp_path, fiqasa):
     csv_file = _write(tmp_path / "s.csv", ["sentence,label", '"Profit rose , a lot",positive', "Flat,sideways"])
     with pytest.raises(ValueError, match=r"s\.csv:3: label 'sideways'"):
         sentiment.read_fpb(csv_file)
-    with pytest.raises(ValueError, match="missing.jsonl"):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         fiqasa.read(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="2 examples but 1 predictions"):
         fiqasa.score([{"label": "Positive"}] * 2, ["positive"])
