@@ -186,6 +186,7 @@ def assert_greedy_equal(params: dict, cfg: ModelConfig, reference: transformers.
     ours = decode.greedy(params, cfg, prompts, max_new_tokens=n, stop_ids=[eos])
     for prompt, c in zip(prompts, ours):
         assert c.token_ids == hf_greedy(reference, prompt, n, eos), prompt
+    assert any(len(c.token_ids) > 1 for c in ours)  # something was generated to compare
 
 
 TOKENS = np.random.default_rng(0).integers(3, 128, (2, 40)).astype(np.int32)  # positions reach past 32 (llama3)
@@ -304,7 +305,7 @@ def test_unsupported_tensor_type_is_refused_at_open(tmp_path, monkeypatch):
     hf = tiny_model("llama", seed=6)
     write_reference_gguf(tmp_path / "m.gguf", hf, types={"blk.1.ffn_down": Q.Q5_0})
 
-    def no_reads(self):
+    def no_reads(self: jgguf.GgufTensor) -> np.ndarray:
         raise AssertionError("a tensor was read before the type check")
 
     monkeypatch.setattr(jgguf.GgufTensor, "read", no_reads)

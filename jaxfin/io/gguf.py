@@ -430,8 +430,11 @@ def _tokenizer_files(meta: dict, arch: str, path: str) -> dict[str, bytes]:
     for added tokens outside the byte-level alphabet (see _keep_added_tokens_whole). Saved with tokenizer_class
     TokenizersBackend, so a directory of these files loads this exact tokenizer (a Qwen2Tokenizer would rebuild
     its own pre-tokenizer and NFC normaliser from scratch)."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer)
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer)
+    except ImportError as e:  # the module layout of transformers 5.2x; 4.x kept this in integrations/ggml.py
+        raise ImportError(f"reading a GGUF tokenizer needs transformers >= 5.24 ({e})") from None
 
     if "tokenizer.ggml.tokens" not in meta:
         raise ValueError(f"{path}: no tokenizer in the file (tokenizer.ggml.tokens is missing)")
@@ -750,7 +753,8 @@ def write_gguf(
         for k, token_id in tok["ids"].items():
             adders[k](token_id)
         w.add_add_bos_token(bool(tok["add_bos"]))
-        w.add_add_eos_token(bool(tok["add_eos"]))
+        if tok["add_eos"]:  # llama.cpp's default is off; writing it only when on keeps an import -> export exact
+            w.add_add_eos_token(True)
         if tok["chat_template"]:
             w.add_chat_template(tok["chat_template"])
 
