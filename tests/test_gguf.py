@@ -15,7 +15,6 @@ checks the whole path on a real model.
 
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 
 import gguf
