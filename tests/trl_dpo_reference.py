@@ -32,6 +32,24 @@ The reference model (`reference`):
   adapter into a frozen adapter named "ref" and the reference is base + that copy, i.e. the policy at the start
   of training (so at this first batch every reward is 0 and the sigmoid loss is ln 2, with non-zero gradients).
 
+Other TRL 1.16 semantics the jaxfin step has to match or knowingly differ from:
+- Dropout: DPOConfig.disable_dropout=True (default) sets p=0 in every torch Dropout of the model, the LoRA dropout
+  of the adapter config included, so TRL's DPO trains LoRA without dropout whatever lora_dropout says.
+- precompute_ref_log_probs=True: the reference log-probs of every pair are computed once before training (same
+  collator, so the same truncation; batch size precompute_ref_batch_size) and stored as dataset columns
+  "ref_chosen_logps" / "ref_rejected_logps"; the loss then reads them instead of running the reference. With a
+  frozen reference this only saves compute; padding never changes the values.
+- Sequence log-probs come from a fused, chunked LM head (trl.trainer.utils.add_fused_lm_head, outputs
+  log_probs/entropy/mean_logits/is_top1) that never builds [B, T, V] logits; there is no `use_logits_to_keep`,
+  `rpo_alpha`, `reference_free` or `ref_adapter_name` in 1.16. `padding_free=True` only warns and falls back to
+  padding. `max_length` (default 1024) truncates each prompt+completion row from the end, and pairs whose
+  prompt alone has >= max_length tokens are dropped at dataset preparation.
+- Loss normalisation: compute_loss returns the mean over the micro-batch's pairs; Trainer divides it by the
+  gradient-accumulation steps (DPOTrainer.loss_is_scaled_for_ga = False) and DDP averages devices: the update's
+  gradient is the mean over pairs when micro-batches are equally large, not otherwise (e.g. a short last batch).
+- Defaults that differ from TrainingArguments: learning_rate 1e-6, bf16=True (autocast), gradient_checkpointing
+  =True, logging_steps 10, beta 0.1, loss_type ["sigmoid"].
+
 Determinism: float32 on CPU, dropout zeroed by TRL (`disable_dropout=True`, which also zeroes the LoRA dropout of
 the adapter config), no gradient checkpointing; two calls give bit-identical results.
 """
@@ -202,7 +220,8 @@ def _sequence_logps(trainer: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[n
 def trl_tokenize(rows: Sequence[Mapping[str, Any]], tokenizer: Any, *,
                  max_length: int | None = 1024) -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt_ids, chosen_ids, rejected_ids) per row as TRL's DPOTrainer._prepare_dataset makes them from a
-    standard or conversational, explicit- or implicit-prompt preference dataset (rows in TRL's own shapes).
+    standard or conversational, explicit- or implicit-prompt preference dataset (rows in TRL's own shapes, all of
+    one shape: TRL decides the shape from the first row).
 
     Runs that method itself (unbound, on a stand-in that supplies the tokenizer it reads), so implicit-prompt
     extraction, the EOS string TRL appends to text completions, chat templating, the common-prefix split and

@@ -47,9 +47,13 @@ over pairs when micro-batches are equally large):
     logps/chosen        policy_chosen   (the summed sequence log-prob)
     logps/rejected      policy_rejected
 
-The rewards always use beta * logratio, also for ipo and hinge. TRL also logs `entropy`, `logits/chosen`,
-`logits/rejected`, `mean_token_accuracy` and `num_tokens` (token-level, computed inside the LM head); those need
-per-token quantities and are not produced here.
+The rewards always use beta * logratio, also for ipo and hinge. TRL also logs token-level metrics of the policy
+forward, not produced here (they need per-token quantities from the LM head; a chunked log-prob function can add
+them): `entropy` = mean over ALL completion tokens (chosen and rejected rows) of the next-token distribution's
+entropy; `logits/chosen` (`logits/rejected`) = mean over the chosen (rejected) completion tokens of the logits'
+mean over the vocabulary; `mean_token_accuracy` = share of CHOSEN completion tokens whose label is the argmax;
+`num_tokens` = running total of attention-mask tokens (prompt + completion, both rows of every pair) trained on.
+Each is a ratio of sums over the micro-batch (not a mean of per-row means).
 
 Not implemented (TRL options whose defaults we match): f_divergence_type other than reverse_kl, ld_alpha (LD-DPO
 length weighting), use_weighting (WPO), several loss_type values combined with loss_weights, and the other loss
