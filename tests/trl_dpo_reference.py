@@ -1,7 +1,8 @@
 """TRL 1.16's DPOTrainer on one batch, without an optimizer step: the reference for jaxfin's DPO step.
 
     result = run_dpo_batch(model_dir, adapter_dir, [(prompt_ids, chosen_ids, rejected_ids), ...], beta=1.0)
-    result.loss, result.metrics["rewards/margins"], result.grads["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    result.loss, result.metrics["rewards/margins"]
+    result.grads["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]   # [R, in], PEFT's layout
 
 What runs is TRL's own code from the collator on: a real `DPOTrainer` is built around the model (its __init__
 wraps the model with PEFT, zeroes dropout, patches the fused LM head), `trainer.data_collator` (TRL's

