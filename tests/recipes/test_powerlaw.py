@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score
 
 from jaxfin.recipes import powerlaw
 
+
 DS = [100, 200, 400, 800, 1600]
 
 

@@ -7,6 +7,7 @@ import pytest
 from jaxfin.recipes import voting
 from jaxfin.tasks.base import strip_think
 
+
 LABELS = ("negative", "neutral", "positive")
 
 

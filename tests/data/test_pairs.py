@@ -17,10 +17,13 @@ import transformers
 from trl.data_utils import extract_prompt
 
 import trl_dpo_reference
-from jaxfin import ner
-from jaxfin.data import pairs
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from jaxfin.data import pairs
+from jaxfin.tasks import fire
+from jaxfin.tasks.base import data_root
+
+
+DATA = Path(data_root())
 QWEN_DIR = DATA / "tokenizers" / "qwen2.5_bpe_from_qwen2.5-vl"
 FIRE_TYPES = ["Company", "Date", "Location", "Money", "Person", "Product", "Quantity"]
 
@@ -222,7 +225,7 @@ def _fire_answers() -> tuple[list[str], list[str]]:
     for name in ("cleanlab_fire_train_7types.jsonl", "fire_dev_7types.jsonl"):
         with open(DATA / "fire_financial_ner" / name, encoding="utf-8") as f:
             rows += [json.loads(line) for line in f if line.strip()]
-    return [ner.to_triple(r, FIRE_TYPES)[2] for r in rows], [r["text"] for r in rows]
+    return [fire.to_triple(r, FIRE_TYPES)[2] for r in rows], [r["text"] for r in rows]
 
 
 def test_threshold_on_real_text(qwen: transformers.PreTrainedTokenizerBase) -> None:

@@ -23,6 +23,7 @@ from trl.trainer.utils import FusedCausalLMOutput
 
 from jaxfin.training import preference
 
+
 RTOL, ATOL = 1e-6, 1e-6
 
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 import transformers
 
-from jaxfin.training import preference
 import trl_dpo_reference as ref
+
+from jaxfin.training import preference
+
 
 PAIRS = [([1, 5, 6], [7, 9, 2], [8, 8, 8, 8, 8]),  # rejected: longer, no EOS (hit max_new_tokens)
          ([1, 10, 11, 12], [13, 2], [14]),

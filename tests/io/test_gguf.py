@@ -24,12 +24,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_models import forward, reference_logits, state_dict_numpy
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from jaxfin import convert, decode, synthetic
+from hf_models import forward, reference_logits, state_dict_numpy
+
+from jaxfin import synthetic
+from jaxfin.infer import decode
 from jaxfin.io import gguf as jgguf
-from jaxfin.model import ModelConfig
+from jaxfin.io import gguf_write
+from jaxfin.io import hf as hf_io
+from jaxfin.model.config import ModelConfig
+
 
 Q = gguf.GGMLQuantizationType
 LOGITS_ATOL = 1e-4  # f32 logits, same weights (std-0.15 tiny models as in hf_models.py)
@@ -159,7 +164,7 @@ def write_reference_gguf(path: Path, hf_model: transformers.PreTrainedModel, typ
 def load_params(model: jgguf.GgufModel, dtype: np.dtype = np.float32) -> tuple[dict, ModelConfig]:
     cfg = ModelConfig.from_hf(model.hf_config)
     state = {n: t.read().astype(dtype) for n, t in model.tensors.items()}
-    return convert.params_from_state_dict(state, cfg), cfg
+    return hf_io.params_from_state_dict(state, cfg), cfg
 
 
 def transformers_gguf(path: Path) -> transformers.PreTrainedModel:
@@ -332,42 +337,41 @@ def test_unsupported_architecture_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """The synthetic byte-level BPE tokenizer (R1-distill style specials and chat template) and a random llama on
+def bpe(assets):
+    """The tiny assets' byte-level BPE tokenizer (R1-distill style specials and chat template) and a random llama on
     it with default RoPE (transformers' GGUF loader ignores rope_freqs, and it is the reference below)."""
-    d = tmp_path_factory.mktemp("assets")
-    model_dir = Path(synthetic.write_tiny_assets(str(d)).model)
+    model_dir = Path(assets.model)
     hf_config = json.loads((model_dir / "config.json").read_text())
     hf_config["rope_scaling"] = None
     cfg = ModelConfig.from_hf(hf_config)
     params = synthetic.random_params(cfg, seed=7)
-    files = convert.tokenizer_files(model_dir)
+    files = hf_io.tokenizer_files(model_dir)
     gen = json.loads((model_dir / "generation_config.json").read_text())
     return dict(model_dir=model_dir, hf_config=hf_config, cfg=cfg, params=params, files=files, gen=gen)
 
 
-def export(assets: dict, path: Path, dtype: str, **kw) -> None:
-    jgguf.write_gguf(path, kw.pop("params", assets["params"]), kw.pop("cfg", assets["cfg"]),
-                     hf_config=kw.pop("hf_config", assets["hf_config"]), tokenizer_files=assets["files"],
-                     generation_config=assets["gen"], dtype=dtype, **kw)
+def export(bpe: dict, path: Path, dtype: str, **kw) -> None:
+    gguf_write.write_gguf(path, kw.pop("params", bpe["params"]), kw.pop("cfg", bpe["cfg"]),
+                     hf_config=kw.pop("hf_config", bpe["hf_config"]), tokenizer_files=bpe["files"],
+                     generation_config=bpe["gen"], dtype=dtype, **kw)
 
 
-def test_export_f32_reimports_bit_identically(assets, tmp_path):
-    export(assets, tmp_path / "m.gguf", "f32")
+def test_export_f32_reimports_bit_identically(bpe, tmp_path):
+    export(bpe, tmp_path / "m.gguf", "f32")
     model = jgguf.open_gguf(tmp_path / "m.gguf")
     params, cfg = load_params(model)
-    assert cfg == assets["cfg"]
-    same = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), params, assets["params"])
+    assert cfg == bpe["cfg"]
+    same = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), params, bpe["params"])
     assert all(jax.tree.leaves(same))
     assert not list(tmp_path.glob(".m.gguf.tmp-*"))
 
 
-def test_export_llama3_round_trips_rope_scaling(tmp_path, assets):
+def test_export_llama3_round_trips_rope_scaling(tmp_path, bpe):
     """The synthetic llama keeps its llama3 scaling (head_dim 32, window 256: a two-point ramp); the rope_freqs
     written must rebuild exactly the same rope_scaling, i.e. the same jaxfin config."""
-    hf_config = json.loads((assets["model_dir"] / "config.json").read_text())
+    hf_config = json.loads((bpe["model_dir"] / "config.json").read_text())
     cfg = ModelConfig.from_hf(hf_config)
-    export(assets, tmp_path / "m.gguf", "f32", cfg=cfg, hf_config=hf_config)
+    export(bpe, tmp_path / "m.gguf", "f32", cfg=cfg, hf_config=hf_config)
     model = jgguf.open_gguf(tmp_path / "m.gguf")
     assert model.hf_config["rope_scaling"] == hf_config["rope_scaling"]
     assert ModelConfig.from_hf(model.hf_config) == cfg
@@ -375,12 +379,12 @@ def test_export_llama3_round_trips_rope_scaling(tmp_path, assets):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
-def test_transformers_runs_the_export(assets, tmp_path, dtype):
+def test_transformers_runs_the_export(bpe, tmp_path, dtype):
     """transformers loads the export; it computes exactly what jaxfin computes on the same file (logits 1e-4,
     greedy tokens). Against the unrounded source: f32 exact; f16 / bf16 greedy tokens still equal the source's;
     q8_0 (embeddings, lm_head and all projections 8-bit) within the stated logit error."""
     path = tmp_path / f"m-{dtype}.gguf"
-    export(assets, path, dtype)
+    export(bpe, path, dtype)
     model = jgguf.open_gguf(path)
     want_type = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[dtype]
     assert model.tensors["model.layers.0.mlp.up_proj.weight"].type_name == want_type
@@ -394,40 +398,40 @@ def test_transformers_runs_the_export(assets, tmp_path, dtype):
     ours = jax_logits(params, cfg, tokens)
     np.testing.assert_allclose(ours, reference_logits(theirs, tokens, np.broadcast_to(
         np.arange(tokens.shape[1]), tokens.shape)), rtol=0, atol=LOGITS_ATOL)
-    eos = assets["gen"]["eos_token_id"]
+    eos = bpe["gen"]["eos_token_id"]
     prompts = [tokens[0, :9].tolist(), tokens[1, :5].tolist()]
     assert_greedy_equal(params, cfg, theirs, prompts, n=12, eos=eos)
-    source = jax_logits(assets["params"], assets["cfg"], tokens)
+    source = jax_logits(bpe["params"], bpe["cfg"], tokens)
     err = float(np.abs(ours - source).max())
     # measured on this model (logits up to ~10): f16 0.0027, bf16 0.021, q8_0 0.065
     bound = {"f32": 0.0, "f16": 0.01, "bf16": 0.05, "q8_0": 0.15}[dtype]
     assert err <= bound, (dtype, err)
     if dtype != "q8_0":
-        src = decode.greedy(assets["params"], assets["cfg"], prompts, max_new_tokens=12, stop_ids=[eos])
+        src = decode.greedy(bpe["params"], bpe["cfg"], prompts, max_new_tokens=12, stop_ids=[eos])
         got = decode.greedy(params, cfg, prompts, max_new_tokens=12, stop_ids=[eos])
         assert [c.token_ids for c in got] == [c.token_ids for c in src]
 
 
-def test_q8_0_falls_back_to_f16_for_rows_not_a_multiple_of_32(assets, tmp_path):
+def test_q8_0_falls_back_to_f16_for_rows_not_a_multiple_of_32(bpe, tmp_path):
     hf = tiny_model("llama", vocab_size=1024, intermediate_size=80, head_dim=16)  # down_proj rows of 80
     cfg = ModelConfig.from_hf(hf.config.to_dict())
-    params = convert.params_from_state_dict(state_dict_numpy(hf), cfg)
-    export(assets, tmp_path / "m.gguf", "q8_0", params=params, cfg=cfg, hf_config=hf.config.to_dict())
+    params = hf_io.params_from_state_dict(state_dict_numpy(hf), cfg)
+    export(bpe, tmp_path / "m.gguf", "q8_0", params=params, cfg=cfg, hf_config=hf.config.to_dict())
     types = {n: t.type_name for n, t in jgguf.open_gguf(tmp_path / "m.gguf").tensors.items()}
     assert types["model.layers.0.mlp.down_proj.weight"] == "F16"
     assert types["model.layers.0.mlp.up_proj.weight"] == "Q8_0"
     assert types["model.layers.0.input_layernorm.weight"] == "F32"
 
 
-def test_export_qwen2_and_yarn_qwen3_match_the_source_model(assets, tmp_path):
+def test_export_qwen2_and_yarn_qwen3_match_the_source_model(bpe, tmp_path):
     """Qwen2 biases and Qwen3 q/k norms with YaRN (rope.scaling.* metadata) survive write + open: jaxfin on the
     re-read file matches the transformers model the params came from (transformers' GGUF loader ignores yarn)."""
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
     for family, extra in (("qwen2", {}), ("qwen3", {"rope_parameters": {"rope_theta": 1e6, **yarn}})):
         hf = tiny_model(family, seed=8, vocab_size=1024, **extra)
         cfg = ModelConfig.from_hf(hf.config.to_dict())
-        params = convert.params_from_state_dict(state_dict_numpy(hf), cfg)
-        export(assets, tmp_path / f"{family}.gguf", "f32", params=params, cfg=cfg, hf_config=hf.config.to_dict())
+        params = hf_io.params_from_state_dict(state_dict_numpy(hf), cfg)
+        export(bpe, tmp_path / f"{family}.gguf", "f32", params=params, cfg=cfg, hf_config=hf.config.to_dict())
         model = jgguf.open_gguf(tmp_path / f"{family}.gguf")
         if family == "qwen3":
             assert model.hf_config["rope_scaling"] == yarn
@@ -437,24 +441,24 @@ def test_export_qwen2_and_yarn_qwen3_match_the_source_model(assets, tmp_path):
             hf, TOKENS, np.broadcast_to(np.arange(TOKENS.shape[1]), TOKENS.shape)), rtol=0, atol=LOGITS_ATOL)
 
 
-def test_tokenizer_survives_the_round_trip(assets, tmp_path):
+def test_tokenizer_survives_the_round_trip(bpe, tmp_path):
     """The source tokenizer, transformers' reading of the GGUF, and a directory of open_gguf's tokenizer files
     encode alike (chat template included), with the same special ids and template. The synthetic specials
     (<｜User｜>, ...) lie outside the byte-level alphabet, where transformers' GGUF conversion re-spells them and
     appends duplicates beyond the vocabulary; jaxfin keeps them at their ids (as llama.cpp does), so for them
     the reference is the source tokenizer."""
-    export(assets, tmp_path / "m.gguf", "f32")
+    export(bpe, tmp_path / "m.gguf", "f32")
     model = jgguf.open_gguf(tmp_path / "m.gguf")
     assert set(model.tokenizer_files) == {"tokenizer.json", "tokenizer_config.json"}
     d = tmp_path / "tok"
     d.mkdir()
     for name, data in model.tokenizer_files.items():
         (d / name).write_bytes(data)
-    source = transformers.AutoTokenizer.from_pretrained(assets["model_dir"])
+    source = transformers.AutoTokenizer.from_pretrained(bpe["model_dir"])
     ours = transformers.AutoTokenizer.from_pretrained(d)
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
     assert type(theirs) is transformers.TokenizersBackend  # for llama files; test_real_smollm2 builds it directly
-    assert len(ours) == len(source) == assets["cfg"].vocab_size
+    assert len(ours) == len(source) == bpe["cfg"].vocab_size
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "chat_template"):
         assert getattr(ours, attr) == getattr(source, attr), attr
     assert theirs.chat_template == source.chat_template
