@@ -72,6 +72,7 @@ def test_filter_matches_transformers(top_k):
             ref = hf_filter(x[r], float(t_B[r]), top_k, float(p_B[r]))
             np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(ref),
                                           err_msg=f"support, row {r} {regime} T={t_B[r]} K={top_k} P={p_B[r]}")
+            np.testing.assert_array_equal(got[r][np.isfinite(ref)], ref[np.isfinite(ref)])  # x / T to the bit
             np.testing.assert_allclose(softmax(got[r]), softmax(ref), rtol=0, atol=PROB_TOL)
             kept = int(np.isfinite(ref).sum())
             sizes.append(kept)
@@ -91,6 +92,29 @@ def test_top_p_one_keeps_zero_probability_tokens():
     for r, p in enumerate((1.0, 0.999999)):
         np.testing.assert_array_equal(np.isfinite(got[r]), np.isfinite(hf_filter(x[r], 1.0, 0, p)))
     assert np.isfinite(got[0]).all() and not np.isfinite(got[1, 5])
+
+
+@pytest.mark.parametrize("V,top_k", [(4, 0), (4, 2), (256, 0), (256, 100)])
+def test_top_p_cut_on_exact_masses(V, top_k):
+    """Equal logits give exact masses (1/V each; 2 and 100 keep all ties), so a cut falls exactly on a
+    cumulative sum: transformers removes cum <= 1 - P (keeps mass_before < P, strictly). V = 256 goes past the
+    64-token candidate list (the bisection path)."""
+    x = np.zeros((3, V), np.float32)
+    p_B = np.float32([0.25, 0.5, 0.75])
+    got = np.asarray(filter_jit(x, 1.0, p_B, top_k=top_k))
+    for r in range(3):
+        ref = hf_filter(x[r], 1.0, top_k, float(p_B[r]))
+        assert np.isfinite(got[r]).sum() == np.isfinite(ref).sum() == p_B[r] * V
+
+
+def test_bisection_cut_is_strict():
+    """The bisection (nuclei past the candidate list) keeps a token iff the mass strictly before it is < P*Z, as
+    the list path does; weights set by hand so that a mass before equals P*Z exactly."""
+    x = jnp.float32([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    w = jnp.ones((1, 5), jnp.float32)
+    for pz, cut in ((2.0, 2.0), (2.5, 1.0), (1.0, 3.0), (5.0, -1.0)):
+        got, _ = sampling._cut_by_bisection(x, w, jnp.float32([3.0]), jnp.float32([pz]))
+        assert float(got[0]) == cut, (pz, got)
 
 
 def test_ties():
