@@ -5,14 +5,13 @@ Tolerance: the same support (set of finite scores) and softmax probabilities wit
 ties; with ties, the same number of tokens kept and the rule "highest token ids first" at a top-p cut.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-import jax
-import jax.numpy as jnp
 
 from jaxfin.infer import sampling
 from jaxfin.infer.sampling import Sampling
@@ -164,6 +163,11 @@ def test_greedy_rows():
         for step in range(5):
             tok = np.asarray(sample_jit(y, sampling.step_keys(keys, step), t, 1.0, top_k=k))
             np.testing.assert_array_equal(tok, 17)
+    z = np.random.default_rng(2).integers(-3, 3, size=(40, 33)).astype(np.float32)  # ties at the maximum
+    z[0] = -np.inf
+    z[1, [4, 9]] = np.nan
+    z[2, -1] = 5.0
+    np.testing.assert_array_equal(np.asarray(jax.jit(sampling.greedy)(z)), torch.argmax(torch.tensor(z), -1))
     np.testing.assert_array_equal(np.asarray(filter_jit(x, 0.0, 1.0, top_k=0)) > -np.inf,
                                   np.broadcast_to(np.arange(50) == 3, (6, 50)))
 
@@ -196,7 +200,10 @@ def test_keys_depend_on_example_sample_step_only():
     seed = 1234
     ex = np.array([5, 0, 17, 5, 2**31 + 3], np.uint32)
     smp = np.array([0, 0, 1, 1, 4], np.int32)
-    data = lambda k: np.asarray(jax.random.key_data(k))
+
+    def data(keys: jax.Array) -> np.ndarray:
+        return np.asarray(jax.random.key_data(keys))
+
     base = data(sampling.step_keys(sampling.row_keys(seed, ex, smp), 9))
     perm = np.array([3, 1, 4, 0, 2])
     np.testing.assert_array_equal(data(sampling.step_keys(sampling.row_keys(seed, ex[perm], smp[perm]), 9)),
@@ -208,6 +215,8 @@ def test_keys_depend_on_example_sample_step_only():
     assert len({tuple(data(sampling.step_keys(sampling.row_keys(seed, ex[:1], smp[:1]), s))[0])
                 for s in range(4)}) == 4
     assert not np.array_equal(data(sampling.step_keys(sampling.row_keys(seed + 1, ex, smp), 9)), base)
+    with pytest.raises(ValueError, match="seed"):
+        sampling.row_keys(2**32, ex, smp)  # jax.random.key would silently take it as seed 0
     # so a row draws the same token wherever it sits in a batch
     x = np.random.default_rng(0).standard_normal((5, 300)).astype(np.float32)
     keys = sampling.step_keys(sampling.row_keys(seed, ex, smp), 9)

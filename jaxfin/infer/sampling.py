@@ -4,18 +4,19 @@ Source: transformers 5.24 generation/logits_process.py (TemperatureLogitsWarper,
 TopPLogitsWarper, min_tokens_to_keep=1, filter value -inf) and generation/utils.py (_get_logits_processor: that
 order, each skipped when T == 1, K == 0, P >= 1; _sample: softmax of the f32 scores, then torch.multinomial).
 
-The rules, per row of scaled scores x = logits / T:
+The rules, per row of scaled scores x = logits / T (f32, rounded as torch divides):
 - top-k keeps x >= (the k-th largest x, duplicates counted): every token tied with the k-th is kept; K >= V keeps all.
 - top-p orders the survivors by x descending, ties by token id descending (what a stable ascending sort gives),
-  and keeps a token iff the probability mass strictly before it is < P; the most probable token is always kept.
-  transformers sorts with an unstable torch.sort, so which of several tokens tied at the cut it keeps is
-  unspecified; how many it keeps is not, and that we match.
+  and keeps a token iff the probability mass strictly before it is < P (transformers: removes the ascending
+  cumulative sum <= 1 - P), and always the most probable. transformers sorts with an unstable torch.sort, so which
+  of several tokens tied at the cut it keeps is unspecified; how many it keeps is not, and that we match.
 Temperature 0 is greedy: the first maximum of the raw logits, as torch.argmax.
 
-Nothing here sorts the vocabulary (a sort of V = 49,152 per row costs ~40x an argmax on CPU): top-p is decided on
-the `lax.top_k` list of the K (or CANDIDATES) best tokens when the nucleus ends inside it, and otherwise by a
-bisection on the float bits of the cut, 32 masked sums. The draw is an inverse CDF in token-id order over blocks,
-two uniforms per row, so its random numbers do not depend on the vocabulary size or on how rows are split.
+Nothing here sorts the vocabulary: written with a full sort, as transformers does, sampling costs 60-80x an argmax
+on CPU at V = 49,152. Top-p is decided on the `lax.top_k` list of the K (or CANDIDATES) best tokens when the
+nucleus ends inside it, and otherwise by a bisection on the float bits of the cut (32 masked sums). The draw is an
+inverse CDF in token-id order over blocks, two uniforms per row, so its random numbers depend neither on the
+vocabulary size nor on how rows are split.
 
 Keys come from (seed, the example's index in its input file, the sample's index, the decode step) only, never from
 a row's place in a batch: `row_keys` once per batch, `step_keys` inside the decode loop (one fold_in per row).
@@ -64,7 +65,10 @@ class Sampling:
 
 def row_keys(seed: int | jax.Array, example_B: jax.Array, sample_B: jax.Array) -> jax.Array:
     """Typed PRNG keys [B] of rows that continue example `example_B` (its index in the input file) as sample
-    `sample_B` (0, 1, ... for several samples of one example). Fold them with `step_keys` per decode step."""
+    `sample_B` (0, 1, ... for several samples of one example). Fold them with `step_keys` per decode step.
+    A Python int seed must lie in [0, 2^32): jax.random.key keeps only its low 32 bits, so 2^32 would repeat 0."""
+    if isinstance(seed, (int, np.integer)) and not 0 <= seed < 2**32:
+        raise ValueError(f"sampling seed must be in [0, 2**32), got {seed}")
     base = jax.random.fold_in(jax.random.key(seed), _STREAM)
     fold = jax.vmap(lambda e, s: jax.random.fold_in(jax.random.fold_in(base, e), s))
     return fold(jnp.asarray(example_B, jnp.uint32), jnp.asarray(sample_B, jnp.uint32))
@@ -105,7 +109,8 @@ def _best(x_BV: jax.Array, k: int) -> jax.Array:
     return jax.lax.optimization_barrier(jax.lax.top_k(x_BV, k)[0])
 
 
-def _cut_in_list(list_Bm: jax.Array, vmax_B1: jax.Array, pz_B: jax.Array, listed_all_B: jax.Array):
+def _cut_in_list(list_Bm: jax.Array, vmax_B1: jax.Array, pz_B: jax.Array, listed_all_B: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Top-p on the descending list of the m best scores: (the cut value, ties kept at it, decided). Undecided
     rows are those whose nucleus may go on past the list."""
     m = list_Bm.shape[1]
@@ -120,22 +125,24 @@ def _cut_in_list(list_Bm: jax.Array, vmax_B1: jax.Array, pz_B: jax.Array, listed
     return cut_B, ties_B, decided_B
 
 
-def _cut_by_bisection(x_BV: jax.Array, w_BV: jax.Array, vmax_B: jax.Array, pz_B: jax.Array):
+def _cut_by_bisection(x_BV: jax.Array, w_BV: jax.Array, vmax_B: jax.Array, pz_B: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
     """Top-p without a sort: the smallest float c whose mass strictly above is < P (so c is a token's score),
-    found over c's ordered bits (<= 32 masked sums), then how many tokens tied at c fit under P."""
+    found over c's ordered bits (32 masked sums), then how many tokens tied at c fit under P."""
     key_BV = _ordered_bits(x_BV)
 
     def above(c_B: jax.Array) -> jax.Array:
         return jnp.sum(jnp.where(key_BV > c_B[:, None], w_BV, 0.0), axis=1)
 
-    def body(state: tuple) -> tuple:
-        lo_B, hi_B = state  # invariant: above(lo) >= P*Z > above(hi)
+    def body(_: int, state: tuple) -> tuple:
+        lo_B, hi_B = state  # invariant: above(lo) >= P*Z > above(hi); a converged row (hi = lo + 1) stays put
         mid_B = lo_B + (hi_B - lo_B) // 2
         ok_B = above(mid_B) < pz_B
         return jnp.where(ok_B, lo_B, mid_B), jnp.where(ok_B, mid_B, hi_B)
 
+    # 32 halvings close any uint32 interval; a fixed trip count also spares a GPU the per-step predicate copy.
     lo_B, hi_B = jnp.zeros_like(vmax_B, jnp.uint32), _ordered_bits(vmax_B)
-    _, hi_B = jax.lax.while_loop(lambda s: jnp.any(s[1] - s[0] > 1), body, (lo_B, hi_B))
+    _, hi_B = jax.lax.fori_loop(0, 32, body, (lo_B, hi_B))
     cut_B = _from_ordered_bits(hi_B)
     q_B = jnp.exp(cut_B - vmax_B)  # each tied token's mass; the j-th tie (j = 0, 1, ..) has above(cut) + j*q before it
     ties_B = jnp.ceil((pz_B - above(hi_B)) / q_B)
@@ -161,7 +168,10 @@ def _support(x_BV: jax.Array, top_p_B: jax.Array, greedy_B: jax.Array, top_k: in
     def top_p() -> tuple[jax.Array, jax.Array]:
         pz_B = top_p_B * jnp.sum(w_BV, axis=1)  # compare unnormalised masses with P * Z
         list_Bm = best_Bk if best_Bk is not None else _best(x_BV, min(CANDIDATES, V))
-        listed_all_B = jnp.sum(x_BV >= kcut_B[:, None], axis=1) <= list_Bm.shape[1]
+        if best_Bk is None:
+            listed_all_B = jnp.full((B,), V <= list_Bm.shape[1])
+        else:  # ties with the k-th token can make the top-k survivors outnumber the list
+            listed_all_B = jnp.sum(x_BV >= kcut_B[:, None], axis=1) <= list_Bm.shape[1]
         cut_B, ties_B, decided_B = _cut_in_list(list_Bm, vmax_B[:, None], pz_B, listed_all_B)
         cut_B, ties_B = jax.lax.cond(jnp.all(decided_B | (top_p_B >= 1)), lambda: (cut_B, ties_B),
                                      lambda: _cut_by_bisection(x_BV, w_BV, vmax_B, pz_B))
@@ -203,6 +213,15 @@ def _draw(w_BV: jax.Array, u_B2: jax.Array) -> jax.Array:
     return (b_B * block + _pick(inner_Bb, u_B2[:, 1])).astype(jnp.int32)
 
 
+def greedy(logits_BV: jax.Array) -> jax.Array:
+    """The first maximum of each row [B] int32, as torch.argmax (a NaN counts as the maximum). Two plain
+    reductions: on CPU jnp.argmax's pair reduction costs 4-5x this at V = 49,152."""
+    V = logits_BV.shape[1]
+    top_B1 = jnp.max(logits_BV, axis=1, keepdims=True)
+    at_top_BV = (logits_BV == top_B1) | jnp.isnan(logits_BV)
+    return jnp.min(jnp.where(at_top_BV, jnp.arange(V, dtype=jnp.int32), V - 1), axis=1)
+
+
 def filter_logits(logits_BV: jax.Array, temperature: float | jax.Array, top_p: float | jax.Array, *,
                   top_k: int = 0) -> jax.Array:
     """transformers' Temperature -> TopK -> TopP warper chain: f32 scores logits / T with -inf where filtered
@@ -213,17 +232,17 @@ def filter_logits(logits_BV: jax.Array, temperature: float | jax.Array, top_p: f
     t_B, p_B = _rows(temperature, B), _rows(top_p, B)
     scaled_BV = _scale(x_BV, t_B)
     keep_BV, _ = _support(scaled_BV, p_B, t_B == 0, top_k)
-    greedy_BV = jnp.arange(V) == jnp.argmax(x_BV, axis=1)[:, None]
-    return jnp.where(t_B[:, None] == 0, jnp.where(greedy_BV, x_BV, -jnp.inf), jnp.where(keep_BV, scaled_BV, -jnp.inf))
+    first_BV = jnp.arange(V) == greedy(x_BV)[:, None]
+    return jnp.where(t_B[:, None] == 0, jnp.where(first_BV, x_BV, -jnp.inf), jnp.where(keep_BV, scaled_BV, -jnp.inf))
 
 
 def sample(logits_BV: jax.Array, keys_B: jax.Array, temperature: float | jax.Array, top_p: float | jax.Array, *,
            top_k: int = 0) -> jax.Array:
     """The next token [B] int32 of each row: a draw from softmax(filter_logits(...)) with the row's key, or the
     first maximum of the logits where T == 0. temperature / top_p are traced (scalars or [B]): new values do not
-    recompile; top_k is static. When every row is greedy only the argmax runs."""
+    recompile; top_k is static. When every row is greedy only `greedy` runs."""
     x_BV = logits_BV.astype(jnp.float32)  # transformers samples from f32 scores too
-    B, V = x_BV.shape
+    B = x_BV.shape[0]
     t_B, p_B = _rows(temperature, B), _rows(top_p, B)
 
     def draw() -> jax.Array:
@@ -232,4 +251,4 @@ def sample(logits_BV: jax.Array, keys_B: jax.Array, temperature: float | jax.Arr
         # Greedy rows of a mixed batch: equal weights on their maxima, and u = 0 picks the first.
         return _draw(jnp.where(keep_BV, e_BV, 0.0), jnp.where(t_B[:, None] == 0, 0.0, u_B2))
 
-    return jax.lax.cond(jnp.all(t_B == 0), lambda: jnp.argmax(x_BV, axis=1).astype(jnp.int32), draw)
+    return jax.lax.cond(jnp.all(t_B == 0), lambda: greedy(x_BV), draw)
