@@ -34,7 +34,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         raise UserError(f"{path}: cannot load the config file: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise UserError(f"{path}: a config file must define get_config()")
-    return module.get_config()
+    return module.get_config()  # a UserError of the config (e.g. a model package not installed) says it all
 
 
 def _parse(key: str, text: str, kind: type, current: Any) -> Any:

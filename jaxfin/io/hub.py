@@ -10,7 +10,7 @@ from jaxfin.errors import UserError
 
 # Only these files of a model repo are fetched: pickle `.bin` weights never are.
 # A path ending like a data or weights file is a mistyped local path, never a hub id.
-LOCAL_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".gz", ".py", ".safetensors", ".bin", ".txt"}
+LOCAL_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".gz", ".py", ".safetensors", ".bin", ".txt", ".gguf"}
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
 

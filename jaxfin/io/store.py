@@ -7,14 +7,16 @@ A jaxfin checkpoint directory:
   CKPT/lora/               orbax, optional: LoRA adapters (model/lora.py layout)
   CKPT/tokenizer/          the source's tokenizer files, byte for byte
 
-A model path is one of: a transformers model directory (config.json + safetensors), a Hugging Face hub id, a
-jaxfin checkpoint, or a training workdir (io/workdir.py: the base model it records plus the adapters of its
-latest checkpoint). `load` is the one resolver every CLI and the training loop use.
+A model path is one of: a transformers model directory (config.json + safetensors), a Hugging Face hub id, a GGUF
+file (llama.cpp's format, io/gguf.py), a jaxfin checkpoint, or a training workdir (io/workdir.py: the base model
+it records plus the adapters of its latest checkpoint). `load` is the one resolver every CLI and the training loop
+use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from jaxfin.errors import UserError
-from jaxfin.io import hf, hub, workdir
+from jaxfin.io import gguf, hf, hub, workdir
 from jaxfin.io.files import atomic_dir, read_json, write_files
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.lora import LoraConfig
@@ -179,9 +181,39 @@ def _local(path: str | os.PathLike) -> tuple[Path, str | None]:
     if hub.is_hub_id(str(path)):
         return Path(hub.download_model(str(path))).absolute(), str(path)
     p = Path(path).absolute()
+    if is_gguf(p):
+        if not p.is_file():
+            raise UserError(f"{path}: no such GGUF file")
+        return p, None
     if not p.is_dir():
         raise UserError(f"{path}: no such model directory")
     return p, None
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(".gguf")
+
+
+def open_gguf(path: str | os.PathLike) -> gguf.GgufModel:
+    """The GGUF file's config, tokenizer and lazy tensors; what it cannot hold is one UserError line."""
+    try:
+        return gguf.open_gguf(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def gguf_tokenizer_dir(model: gguf.GgufModel) -> str:
+    """The GGUF's tokenizer as transformers files, written once per file version to ~/.cache/jaxfin/gguf/<key>
+    ($JAXFIN_CACHE moves it): tokenizers load from a directory, and a GGUF holds its tokenizer inside."""
+    stat = os.stat(model.path)
+    key = hashlib.sha256(f"{os.path.abspath(model.path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("JAXFIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxfin")
+    out = Path(root) / "gguf" / key
+    if not out.is_dir():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(out) as tmp:
+            write_files(tmp, {**model.tokenizer_files, "config.json": json.dumps(model.hf_config).encode()})
+    return str(out)
 
 
 def _not_a_model(path: str | os.PathLike) -> UserError:
@@ -192,6 +224,9 @@ def describe(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """(ModelConfig, config.json dict) of any model path without loading weights (a hub id is downloaded first;
     a workdir answers for its base model), so callers can build shardings or a peer model before loading."""
     p, _ = _local(path)
+    if is_gguf(p):
+        hf_config = open_gguf(p).hf_config
+        return ModelConfig.from_hf(hf_config), hf_config
     if is_checkpoint(p):
         record = _read_record(p)
         return _record_configs(p, record)[0], record["hf_config"]
@@ -212,6 +247,13 @@ def load(path: str | os.PathLike, *, dtype: Any = None, shardings: Shardings = N
     stored) and the compute dtype `cfg.dtype` set to match; `shardings` (a pytree of Shardings like the params,
     or a function of the ModelConfig giving one) places them as they are read."""
     p, hub_id = _local(path)
+    if is_gguf(p):
+        g = open_gguf(p)
+        cfg = ModelConfig.from_hf(g.hf_config)
+        params = hf.stream_params(cfg, g.tensors, gguf.GgufTensor.read, dtype=dtype,
+                                  shardings=_placement(shardings, cfg), progress=progress)
+        return Model(params, cfg.replace(dtype=str(params["embed_VD"].dtype)), g.hf_config, g.generation_config,
+                     gguf_tokenizer_dir(g), source=str(p), base_model_name_or_path=str(p))
     if is_checkpoint(p):
         record = _read_record(p)
         cfg, lcfg = _record_configs(p, record)

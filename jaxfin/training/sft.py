@@ -108,6 +108,9 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
                                   config.seed, sh)
     batch_at = functools.partial(sft_batch, packed=packed, batch_size=B, accum=A, seed=config.seed, sh=sh,
                                  seq_len=config.train.seq_len)
+    zero_shot = None
+    if eval_examples and config.eval.baseline:
+        zero_shot = session.baseline(wd, model, state, lcfg, task, eval_examples, config, data)
     result = loop.run(state, step_fn=step_fn, base=base, batch_at=batch_at, wd=wd, mngr=mngr, plan=plan,
                       evaluate=evaluate)
     if result.stopped is not None:
@@ -115,8 +118,8 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     final = None
     if eval_examples:
         final = session.evaluate(session.eval_dir(wd), model, result.state.adapters, lcfg, task, eval_examples,
-                                 config, total, data)
-    return {"step": total, "metrics": result.rows, "eval": final}
+                                 config, total, data, baseline=zero_shot)
+    return {"step": total, "metrics": result.rows, "eval": final, "baseline": zero_shot}
 
 
 def _evaluate_at(n: int, adapters: Any, *, model: Any, lcfg: Any, task: Any, examples: Any, config: Any,
