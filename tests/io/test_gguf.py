@@ -28,11 +28,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hf_models import forward, reference_logits, state_dict_numpy
 
-from jaxfin import synthetic
+from jaxfin import convert, synthetic
+from jaxfin.errors import run_cli
 from jaxfin.infer import decode
 from jaxfin.io import gguf as jgguf
-from jaxfin.io import gguf_write
+from jaxfin.io import gguf_write, store
 from jaxfin.io import hf as hf_io
+from jaxfin.model import lora
 from jaxfin.model.config import ModelConfig
 
 
@@ -521,3 +523,55 @@ def test_real_smollm2_q4_1(tmp_path):
     for prompt, completion in zip(prompts, got):
         assert completion.token_ids == hf_greedy(reference, prompt, 16, eos)
     assert any(len(c.token_ids) >= 4 for c in got)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GGUF files as model paths, and the converter's to-jax --gguf / to-gguf.
+
+
+def test_gguf_is_a_model_path_and_to_gguf_merges_the_adapters(bpe, tmp_path):
+    """An adapted jaxfin checkpoint -> `to-gguf --merge-lora` (f32) -> store.load of the .gguf: the merged weights
+    (lora.merge, f32) and the adapted model's greedy tokens; `to-jax --gguf` round-trips the file to a checkpoint;
+    the tokenizer comes with the GGUF."""
+    cfg, params = bpe["cfg"], bpe["params"]
+    lcfg = lora.LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+    adapters = lora.init(cfg, lcfg, jax.random.key(0))
+    adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), adapters)  # B != 0
+    ckpt = tmp_path / "ckpt"
+    store.save_model(ckpt, params, cfg, hf_config=bpe["hf_config"], generation_config=bpe["gen"],
+                     tokenizer_files=bpe["files"], lora=adapters, lora_config=lcfg, source="tiny")
+    out = tmp_path / "merged.gguf"
+    assert convert.main(["to-gguf", "--checkpoint", str(ckpt), "--out", str(out), "--merge-lora",
+                         "--dtype", "f32"]) == 0
+    loaded = store.load(out)
+    want = lora.merge(jax.tree.map(jnp.asarray, params), adapters, lcfg)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    tok = loaded.tokenizer()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for t in ("Harbor Bancorp rose", "In 2024")]
+    eos = loaded.eos_ids
+    adapted = decode.greedy(params, cfg, prompts, max_new_tokens=12, stop_ids=eos, lora=adapters,
+                            lora_scale=lcfg.scale)
+    assert [c.token_ids for c in decode.greedy(loaded.params, loaded.cfg, prompts, max_new_tokens=12,
+                                               stop_ids=eos)] == [c.token_ids for c in adapted]
+    assert store.describe(out)[0].architecture == cfg.architecture
+    back = tmp_path / "back"
+    assert convert.main(["to-jax", "--gguf", str(out), "--out", str(back)]) == 0
+    again = store.load(back)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(loaded.params)))
+    assert again.tokenizer()("Harbor Bancorp")["input_ids"] == tok("Harbor Bancorp")["input_ids"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["to-gguf", "--checkpoint", "{ckpt}", "--out", "{tmp}/model.bin"], "a GGUF file name ends in .gguf"),
+    (["to-gguf", "--checkpoint", "{ckpt}", "--out", "{tmp}/exists.gguf"], "file exists (pass --overwrite"),
+    (["to-jax", "--gguf", "{tmp}/missing.gguf", "--out", "{tmp}/o"], "missing.gguf: no such GGUF file"),
+])
+def test_gguf_cli_errors_are_one_line(bpe, tmp_path, capsys, argv, message):
+    (tmp_path / "exists.gguf").write_bytes(b"x")
+    argv = [a.format(ckpt=bpe["model_dir"], tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        run_cli(convert.main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
