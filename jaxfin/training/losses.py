@@ -10,6 +10,7 @@ A loss function has the signature the train step differentiates (training/step.p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -68,6 +69,7 @@ class SftConfig:
     neftune_alpha: float = 0.0
     neftune_length: str = "segment"
     loss_chunk: int = 128
+    task_names: tuple[str, ...] = ()  # two or more: the batch has "task_ids_BT" and aux logs "loss/NAME" per task
 
 
 def sft_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cfg: ModelConfig,
@@ -80,7 +82,22 @@ def sft_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cf
     h_BTD, _ = decoder.decoder(base, x_BTD, batch["positions_BT"], cfg, segment_ids_BT=batch["segment_ids_BT"],
                                lora=adapters, lora_scale=hp.lora_scale, lora_dropout=hp.lora_dropout,
                                rng=dropout_rng if hp.lora_dropout > 0 else None)
-    loss = chunked_cross_entropy(h_BTD, decoder.output_embedding(base, cfg), batch["targets_BT"],
-                                 batch["loss_mask_BT"], hp.loss_chunk)
-    aux = {"count": jnp.sum(batch["loss_mask_BT"]), "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "metrics": {}}
+    w_VD, mask_BT = decoder.output_embedding(base, cfg), batch["loss_mask_BT"]
+    metrics = {}
+    if hp.task_names:
+        # One pass over the chunks gives the total and each task's share (a token belongs to its segment's task).
+        by_task = functools.partial(_masked_nll_by_task, num_tasks=len(hp.task_names))
+        loss, task_sums_K = chunked_logprobs(h_BTD, w_VD, batch["targets_BT"], hp.loss_chunk, by_task, mask_BT,
+                                             batch["task_ids_BT"])
+        for i, name in enumerate(hp.task_names):
+            metrics[f"loss/{name}"] = (task_sums_K[i], jnp.sum(mask_BT * (batch["task_ids_BT"] == i)))
+    else:
+        loss = chunked_cross_entropy(h_BTD, w_VD, batch["targets_BT"], mask_BT, hp.loss_chunk)
+    aux = {"count": jnp.sum(mask_BT), "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "metrics": metrics}
     return loss, aux
+
+
+def _masked_nll_by_task(logp_Bc: jax.Array, mask_Bc: jax.Array, task_Bc: jax.Array, *,
+                        num_tasks: int) -> tuple[jax.Array, jax.Array]:
+    nll_Bc = -logp_Bc * mask_Bc
+    return jnp.sum(nll_Bc), jnp.stack([jnp.sum(jnp.where(task_Bc == i, nll_Bc, 0.0)) for i in range(num_tasks)])

@@ -16,13 +16,12 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from jaxfin import synthetic, tasks
+from jaxfin import synthetic
 from jaxfin.data import batches, chat, packing
 from jaxfin.errors import UserError
 from jaxfin.io import workdir
 from jaxfin.model import neftune
-from jaxfin.tasks import ner
-from jaxfin.training import distributed, loop, losses, session, sharding, step
+from jaxfin.training import distributed, loop, losses, multitask, session, sharding, step
 
 
 def sft_config(config: ml_collections.ConfigDict, lcfg: Any) -> losses.SftConfig:
@@ -65,20 +64,27 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
 
     # Inputs are checked before the workdir is created, so a mistake leaves nothing behind; the data before the
     # model, so a bad line fails in a second rather than after minutes of loading weights.
+    names = multitask.task_names(config)
     model_path, train_path, eval_path = assets(config)
-    train_examples = ner.load_examples(train_path)
-    types = ner.entity_types(train_examples)
-    task = tasks.get("fire", types=types)
-    eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
-    if config.eval.max_examples > 0:
-        eval_examples = eval_examples[: config.eval.max_examples]
+    sets, types = multitask.train_sets(names, train_path)
+    task, train_examples = sets[0]
+    jobs = multitask.eval_jobs(names, eval_path, types, config.eval.max_examples)
+    # fire alone: its evaluation in WORKDIR/eval/ (as before multi-task runs); else WORKDIR/eval/NAME/ per task.
+    eval_examples = jobs[0].examples if jobs and names == ["fire"] else []
+    suite_jobs = [] if names == ["fire"] else jobs
+    if len(names) > 1:
+        hp = dataclasses.replace(hp, task_names=tuple(names))
     model = session.load_model(config, model_path, mesh)
     if model.lora is not None:
         session.check_model_adapters(model_path, model.lora_config, lcfg)
     tokenizer = model.tokenizer()
-    encoded = chat.encode_task(task, train_examples, tokenizer, eos_ids=model.eos_ids)
-    packed = packing.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
-    total = config.train.steps or config.train.epochs * batches.steps_per_epoch(packed.num_rows, B)
+    if len(names) == 1:
+        encoded = chat.encode_task(task, train_examples, tokenizer, eos_ids=model.eos_ids)
+        packed = packing.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
+        total = config.train.steps or config.train.epochs * batches.steps_per_epoch(packed.num_rows, B)
+    else:
+        stream = multitask.make_stream(sets, tokenizer, model.eos_ids, config)
+        total = stream.total
     if total < 1:
         raise UserError("train.steps and train.epochs are both 0: nothing to train")
     if config.train.max_nonfinite_steps < 0:
@@ -101,16 +107,25 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     data = str(config.data.eval or "tiny eval set")
     evaluate = functools.partial(_evaluate_at, model=model, lcfg=lcfg, task=task, examples=eval_examples,
                                  config=config, data=data) if eval_examples else None
+    if suite_jobs:
+        evaluate = lambda n, adapters: multitask.evaluate(  # noqa: E731
+            session.eval_dir(wd, n), model, adapters, lcfg, suite_jobs, config, n)
     plan = loop.Plan(total=total, checkpoint_every=config.checkpoint.every_steps,
                      eval_every=config.eval.every_steps, log_every=config.train.log_every_steps,
                      max_nonfinite=config.train.max_nonfinite_steps)
     step_fn = step.jit_train_step(functools.partial(losses.sft_loss, cfg=model.cfg, hp=hp), tx, schedule,
                                   config.seed, sh)
-    batch_at = functools.partial(sft_batch, packed=packed, batch_size=B, accum=A, seed=config.seed, sh=sh,
-                                 seq_len=config.train.seq_len)
+    if len(names) == 1:
+        batch_at = functools.partial(sft_batch, packed=packed, batch_size=B, accum=A, seed=config.seed, sh=sh,
+                                     seq_len=config.train.seq_len)
+    else:
+        batch_at = functools.partial(multitask.stream_batch, stream=stream, accum=A, sh=sh,
+                                     seq_len=config.train.seq_len)
     zero_shot = None
     if eval_examples and config.eval.baseline:
         zero_shot = session.baseline(wd, model, state, lcfg, task, eval_examples, config, data)
+    elif suite_jobs and config.eval.baseline:
+        zero_shot = multitask.baseline(wd, model, state, lcfg, suite_jobs, config)
     result = loop.run(state, step_fn=step_fn, base=base, batch_at=batch_at, wd=wd, mngr=mngr, plan=plan,
                       evaluate=evaluate)
     if result.stopped is not None:
@@ -119,6 +134,9 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     if eval_examples:
         final = session.evaluate(session.eval_dir(wd), model, result.state.adapters, lcfg, task, eval_examples,
                                  config, total, data, baseline=zero_shot)
+    elif suite_jobs:  # {name: metrics}: WORKDIR/eval/NAME/ and WORKDIR/eval/summary.md
+        final = multitask.evaluate(session.eval_dir(wd), model, result.state.adapters, lcfg, suite_jobs, config, total,
+                                   baselines=zero_shot)
     return {"step": total, "metrics": result.rows, "eval": final, "baseline": zero_shot}
 
 

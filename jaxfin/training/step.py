@@ -56,7 +56,9 @@ def train_step(adapters: Params, opt_state: optax.OptState, base: Params, batch:
     applied = next(s.count for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state) if _is_schedule_state(s))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(applied), "tokens": jnp.sum(aux["tokens"]),
                "nonfinite": jnp.logical_not(finite)}
-    metrics |= {k: jnp.sum(s) / jnp.maximum(jnp.sum(n), 1) for k, (s, n) in aux["metrics"].items()}
+    # A metric with nothing to average in this step (e.g. a task absent from the batch) is NaN: null in the log.
+    metrics |= {k: jnp.where(jnp.sum(n) > 0, jnp.sum(s) / jnp.maximum(jnp.sum(n), 1), jnp.nan)
+                for k, (s, n) in aux["metrics"].items()}
     return keep(optax.apply_updates(adapters, updates), adapters), keep(new_opt_state, opt_state), metrics
 
 

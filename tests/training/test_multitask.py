@@ -1,0 +1,133 @@
+"""Multi-task SFT (training/multitask.py) and the transfer matrix (recipes/transfer.py) on the tiny assets: a
+fire-only run draws the batches and losses of the one-task path, a two-task run logs and evaluates both tasks, and
+the matrix of two tasks is trained, evaluated and written."""
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfin import config_flags, tasks
+from jaxfin.data import batches, chat, packing
+from jaxfin.io import store
+from jaxfin.recipes import transfer
+from jaxfin.tasks import ner, sentiment
+from jaxfin.training import losses, session, sft, sharding, step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def _config(assets, wd, steps, **over):
+    c = config_flags.load_config(TINY)
+    c.workdir, c.model.path, c.data.train, c.data.eval = str(wd), assets.model, assets.train, assets.eval
+    c.train.steps, c.train.seq_len, c.train.batch_size, c.optim.warmup_steps = steps, 256, 8, 1
+    c.checkpoint.every_steps = steps
+    c.eval.max_examples, c.eval.max_new_tokens, c.eval.batch_size = 0, 8, 2
+    for k, v in over.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _logged(wd):
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture()
+def mini(tmp_path, monkeypatch):
+    """A second task for the tiny model: fiqasa's rules over a few short self-made sentences."""
+    words = [("Sales rose", "Positive"), ("Costs fell", "Positive"), ("Loss widened", "Negative"),
+             ("Shares slid", "Negative"), ("Board met", "Neutral"), ("Report filed", "Neutral")]
+    files = {}
+    for split, n in (("train", 12), ("valid", 3)):
+        path = tmp_path / f"mini_{split}.jsonl"
+        with open(path, "w") as f:
+            for i in range(n):
+                text, label = words[i % len(words)]
+                f.write(json.dumps({"id": f"{split}{i}", "text": text, "label": label,
+                                    "query": f"Sentiment: positive, negative or neutral?\n{text} ."}) + "\n")
+        files[split] = str(path)
+    monkeypatch.setitem(tasks.REGISTRY, "mini",
+                        lambda: dataclasses.replace(sentiment.fiqasa(), name="mini", files=files))
+    return files
+
+
+def test_fire_only_run_is_the_one_task_path(assets, tmp_path):
+    """data.tasks=fire (the default) logs exactly the losses of the one-task primitives: the batches of
+    batches.batch_at over the packed examples through the plain SFT loss, step by step."""
+    steps = 3
+    c = _config(assets, tmp_path / "run", steps)
+    assert c.data.tasks == "fire"
+    out = sft.run(c)
+    rows = _logged(tmp_path / "run")
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "nonfinite_steps"}
+
+    mesh = session.make_mesh(c, None)
+    model = session.load_model(c, assets.model, mesh)
+    tok = model.tokenizer()
+    train = ner.load_examples(assets.train)
+    task = tasks.get("fire", types=ner.entity_types(train))
+    packed = packing.pack(chat.encode_task(task, train, tok, eos_ids=model.eos_ids), 256, pad_id=tok.pad_token_id or 0)
+    lcfg = session.lora_config(c)
+    tx, schedule = step_lib.make_optimizer(c.optim, steps)
+    sh = sharding.train_shardings(model.cfg, lcfg, tx, mesh)
+    adapters, opt_state = session.init_adapters(model.cfg, lcfg, tx, sh, c.seed)
+    fn = step_lib.jit_train_step(functools.partial(losses.sft_loss, cfg=model.cfg, hp=sft.sft_config(c, lcfg)), tx,
+                                 schedule, c.seed, sh)
+    base = jax.device_put(model.params, sh.base)
+    want = []
+    for k in range(steps):
+        rows_BT = batches.batch_at(packed, k, 8, c.seed)
+        batch = batches.put_batch(batches.micro_batches(rows_BT, 1), sh.batch, (1, 8, 256))
+        adapters, opt_state, m = fn(adapters, opt_state, base, batch, np.int32(k))
+        want.append(float(m["loss"]))
+    assert [r["loss"] for r in out["metrics"]] == want  # bit for bit
+
+
+def test_two_tasks_log_both_losses_and_evaluate_both(assets, tmp_path, mini):
+    wd = tmp_path / "mt"
+    out = sft.run(_config(assets, wd, 4, **{"data.tasks": "fire,mini", "eval.max_examples": 2,
+                                            "eval.every_steps": 2}))
+    rows = _logged(wd)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert {"loss/fire", "loss/mini"} <= set(r)
+        parts = [r[k] for k in ("loss/fire", "loss/mini") if r[k] is not None]
+        assert parts and min(parts) <= r["loss"] + 1e-5 and r["loss"] <= max(parts) + 1e-5  # a weighted mean
+    assert sorted(out["eval"]) == ["fire", "mini"]
+    for d in ("eval", os.path.join("eval", "step_2")):
+        for name in ("fire", "mini"):
+            m = json.loads((wd / d / name / "metrics.json").read_text())
+            assert m["n_examples"] == 2 and m["primary"] in m
+        assert (wd / d / "summary.md").is_file()
+    assert not (wd / "eval" / "metrics.json").exists()  # the one-task layout is fire-only's
+
+
+def test_transfer_matrix_end_to_end(assets, tmp_path, mini):
+    c = _config(assets, tmp_path / "unused", 2, **{"eval.max_examples": 2})
+    out = tmp_path / "transfer"
+    mat = transfer.run(c, ["fire", "mini"], str(out))
+    assert mat["rows"] == ["base", "fire", "mini"] and mat["columns"] == ["fire", "mini"]
+    assert mat["metric"] == {"fire": "micro_f1", "mini": "f1"}
+    for r in mat["rows"]:
+        for col in mat["columns"]:
+            cell = mat["cells"][r][col]
+            base = mat["cells"]["base"][col]["value"]
+            assert cell["delta"] == pytest.approx(cell["value"] - base) and cell["n_examples"] == 2
+    assert {"matrix.json", "matrix.md", "matrix.png"} <= set(os.listdir(out))
+    assert store.load(str(out / "train" / "mini")).lora is not None
+    md = (out / "matrix.md").read_text()
+    assert "| mini |" in md and "(+" in md or "(-" in md
+    # A rerun reuses the finished adapters and evaluations: the same matrix, nothing retrained.
+    before = os.path.getmtime(out / "train" / "fire" / "metrics.jsonl")
+    assert transfer.run(c, ["fire", "mini"], str(out)) == json.loads((out / "matrix.json").read_text())
+    assert os.path.getmtime(out / "train" / "fire" / "metrics.jsonl") == before
