@@ -65,7 +65,7 @@ def evaluate_all(config: ml_collections.ConfigDict, names: Sequence[str], out: s
     model_path, fire_train, fire_eval = paths
     types = ner.entity_types(ner.load_examples(fire_train)) if "fire" in names else []
     max_examples = config.eval.max_examples
-    data = {"fire": fire_eval} if split == "valid" else {}
+    data = {"fire": fire_eval}  # fire has one evaluation file (data.eval), whatever the split
     jobs = suite.load_jobs(names, split, max_examples=max_examples, data=data, fire_types=types)
     model = None
     results = {}

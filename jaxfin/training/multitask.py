@@ -20,7 +20,6 @@ from jaxfin.data import batches, chat, mixture
 from jaxfin.errors import UserError
 from jaxfin.evaluation import suite
 from jaxfin.io import store
-from jaxfin.io.files import read_json
 from jaxfin.model.params import Params
 from jaxfin.tasks import ner
 from jaxfin.tasks.base import Example, Task
@@ -100,8 +99,3 @@ def baseline(wd: str, model: store.Model, state: Any, lcfg: Any, jobs: Sequence[
         return None
     return evaluate(out, model, state.adapters, lcfg, jobs, config, 0)
 
-
-def read_summary(wd: str) -> dict | None:
-    """WORKDIR/eval/summary.json of a finished multi-task run, or None."""
-    path = os.path.join(wd, "eval", suite.SUMMARY[0])
-    return read_json(path) if os.path.isfile(path) else None

@@ -126,7 +126,7 @@ def test_transfer_matrix_end_to_end(assets, tmp_path, mini):
     assert {"matrix.json", "matrix.md", "matrix.png"} <= set(os.listdir(out))
     assert store.load(str(out / "train" / "mini")).lora is not None
     md = (out / "matrix.md").read_text()
-    assert "| mini |" in md and "(+" in md or "(-" in md
+    assert "| mini |" in md and ("(+" in md or "(-" in md)
     # A rerun reuses the finished adapters and evaluations: the same matrix, nothing retrained.
     before = os.path.getmtime(out / "train" / "fire" / "metrics.jsonl")
     assert transfer.run(c, ["fire", "mini"], str(out)) == json.loads((out / "matrix.json").read_text())
