@@ -16,13 +16,19 @@ from jaxfin.evaluation import suite
 from jaxfin.recipes import transfer
 from jaxfin.training import defaults
 
+PROG = "python -m jaxfin.transfer"
 
 def main(argv: Sequence[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
+        print(f"usage: {PROG} --config FILE --tasks NAME,NAME[,...] [--out DIR] [--split valid|test] "
+              f"[--config.KEY=VALUE ...]\n\n{__doc__.split(chr(10) * 2)[0]}\n\n"
+              "  --tasks      the tasks (one adapter each; the base and every adapter evaluated on all of them)\n"
+              "  --out        output folder (default: the config's workdir)\n"
+              "  --split      evaluation split (default valid)\n"
+              "  --debug      show the traceback of an error")
         return 0
     config, rest = config_flags.parse_args(argv, defaults.tiny)
-    parser = errors.ArgumentParser(prog="python -m jaxfin.transfer", description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--out", help="output folder (default: the config's workdir)")
     parser.add_argument("--split", default="valid", choices=suite.SPLITS, help="evaluation split (default valid)")

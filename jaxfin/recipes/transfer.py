@@ -136,7 +136,8 @@ def heatmap(mat: Mapping[str, Any], path: str) -> None:
         for j, c in enumerate(cols):
             cell = mat["cells"][r][c]
             text = f"{cell['value']:.3f}" + ("" if r == BASE else f"\n{cell['delta']:+.3f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+            dark = abs(cell["delta"]) > 0.6 * span  # white text on the saturated cells
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label="change from base")
     fig.tight_layout()
     figures.save(fig, path)
