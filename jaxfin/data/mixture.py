@@ -106,6 +106,7 @@ class Stream:
         self.encoded, self.counts = [list(e) for e in encoded], list(counts)
         self.seq_len, self.pad_id, self.seed, self.batch_size = seq_len, pad_id, seed, batch_size
         self.schedule = schedule
+        self._steps_of: dict[tuple[int, int], int] = {}
         # Stages: the groups of tasks trained together, one after another (joint: one stage of all tasks).
         self.stages = [tuple(range(len(counts)))] if schedule == "joint" else [(i,) for i in range(len(counts))]
         first = [self._steps(s, 0) for s in range(len(self.stages))]
@@ -139,7 +140,11 @@ class Stream:
         return all(self.counts[t] == len(self.encoded[t]) for t in self.stages[stage])
 
     def _steps(self, stage: int, epoch: int) -> int:
-        return batches.steps_per_epoch(self.packed(stage, epoch).num_rows, self.batch_size)
+        """Batches in an epoch of a stage; remembered, so locating batch k packs only the epoch it lies in."""
+        key = (stage, 0 if self._static(stage) else epoch)
+        if key not in self._steps_of:
+            self._steps_of[key] = batches.steps_per_epoch(self.packed(stage, epoch).num_rows, self.batch_size)
+        return self._steps_of[key]
 
     def locate(self, index: int) -> tuple[int, int, int]:
         """(stage, epoch, batch within the epoch) of batch `index` of the run."""
