@@ -130,3 +130,20 @@ def test_transfer_matrix_end_to_end(assets, tmp_path, mini):
     before = os.path.getmtime(out / "train" / "fire" / "metrics.jsonl")
     assert transfer.run(c, ["fire", "mini"], str(out)) == json.loads((out / "matrix.json").read_text())
     assert os.path.getmtime(out / "train" / "fire" / "metrics.jsonl") == before
+
+
+def test_task_keys_are_checked_before_anything_loads():
+    from jaxfin.errors import UserError
+    from jaxfin.training import defaults, multitask
+
+    c = defaults.tiny()
+    assert multitask.task_names(c) == ["fire"]
+    c.data.tasks = "fpb, headlines"
+    assert multitask.task_names(c) == ["fpb", "headlines"]
+    for key, value, message in (("tasks", "fpb,nope", "unknown task 'nope'"), ("tasks", "fpb,fpb", "named twice"),
+                                ("mixture", "temperature:-1", "data.mixture"),
+                                ("schedule", "random", "data.schedule")):
+        bad = defaults.tiny()
+        bad.data[key] = value
+        with pytest.raises(UserError, match=message):
+            multitask.task_names(bad)
