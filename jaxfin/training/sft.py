@@ -17,7 +17,7 @@ import jax
 import ml_collections
 
 from jaxfin import synthetic, tasks
-from jaxfin.data import batches, chat, packing
+from jaxfin.data import batches, chat, packing, subset
 from jaxfin.errors import UserError
 from jaxfin.io import workdir
 from jaxfin.model import neftune
@@ -67,7 +67,8 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     # model, so a bad line fails in a second rather than after minutes of loading weights.
     model_path, train_path, eval_path = assets(config)
     train_examples = ner.load_examples(train_path)
-    types = ner.entity_types(train_examples)
+    types = ner.entity_types(train_examples)  # of the whole set: every subset is prompted alike
+    train_examples = subset.select(train_examples, config.data.train_subset)
     task = tasks.get("fire", types=types)
     eval_examples = [] if config.eval.max_examples == 0 else ner.load_examples(eval_path)
     if config.eval.max_examples > 0:
