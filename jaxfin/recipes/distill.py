@@ -208,15 +208,16 @@ def _append(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
 # The round.
 
 
-def run(config: ml_collections.ConfigDict, sampler: Sampler | None = None) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, sampler: Sampler | None = None,
+        model: store.Model | None = None) -> dict[str, Any]:
     """Samples what the workdir does not hold yet, then (re)writes sft.jsonl, pairs.jsonl, stats.json and
-    samples.jsonl from all samples. `sampler`: replaces decode.generate (tests script completions with it).
-    Returns the stats."""
+    samples.jsonl from all samples. `sampler`: replaces decode.generate (tests script completions with it);
+    `model`: model.path already loaded. Returns the stats."""
     how = check(config)
     d = config.distill
     task = tasks.get(d.task)
     examples, spelling = read_prompts(task, d.prompts, d.max_examples)
-    model = store.load(config.model.path, dtype=config.model.dtype)
+    model = model or store.load(config.model.path, dtype=config.model.dtype)
     tokenizer = model.tokenizer()
     if tokenizer is None:
         raise UserError(f"model.path={config.model.path}: the model has no tokenizer files")

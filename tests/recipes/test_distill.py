@@ -34,13 +34,13 @@ SCRIPT = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer(assets):
-    return store.load(assets.model).tokenizer()
+def model(assets):
+    return store.load(assets.model)
 
 
 @pytest.fixture(scope="module")
-def eos(assets):
-    return store.load(assets.model).eos_ids[0]
+def tokenizer(model):
+    return model.tokenizer()
 
 
 def _prompts_file(tmp_path) -> str:
@@ -83,10 +83,10 @@ def _jsonl(wd, name):
     return [json.loads(line) for line in _read(wd, name).splitlines()]
 
 
-def test_files_exactly(assets, tokenizer, eos, tmp_path):
+def test_files_exactly(assets, model, tokenizer, tmp_path):
     prompts = _prompts_file(tmp_path)
     wd = tmp_path / "run"
-    stats = distill.run(_config(assets, wd, prompts), sampler=scripted(tokenizer))
+    stats = distill.run(_config(assets, wd, prompts), sampler=scripted(tokenizer), model=model)
 
     samples = _jsonl(wd, "samples.jsonl")
     assert [(s["id"], s["sample"]) for s in samples] == [(f"p{i}", k) for i in range(4) for k in range(4)]
@@ -99,7 +99,7 @@ def test_files_exactly(assets, tokenizer, eos, tmp_path):
     assert [s["finish_reason"] for s in samples][4:8] == ["stop", "stop", "stop", "length"]
     s7 = samples[7]
     assert s7["token_ids"] == tokenizer.encode(SCRIPT[1][3][0], add_special_tokens=False)  # cut off: no EOS
-    assert samples[3]["token_ids"] == tokenizer.encode("blah", add_special_tokens=False) + [eos]
+    assert samples[3]["token_ids"] == tokenizer.encode("blah", add_special_tokens=False) + [model.eos_ids[0]]
 
     sft = _jsonl(wd, "sft.jsonl")
     assert sft == [{"id": "p0", "text": ROWS[0][1], "label": "Positive", "query": QUERY.format(ROWS[0][1])},
@@ -125,30 +125,30 @@ def test_files_exactly(assets, tokenizer, eos, tmp_path):
     assert stats["n_pairs"] == 3 and stats["rejected_reasons"] == {"length": 1, "unparseable": 1, "minority": 1}
 
 
-def test_same_settings_identical_files_and_resume(assets, tokenizer, tmp_path):
+def test_same_settings_identical_files_and_resume(assets, model, tokenizer, tmp_path):
     prompts = _prompts_file(tmp_path)
     names = ("samples.jsonl", "sft.jsonl", "pairs.jsonl", "stats.json")
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    distill.run(_config(assets, a, prompts), sampler=scripted(tokenizer))
-    distill.run(_config(assets, b, prompts), sampler=scripted(tokenizer))
+    distill.run(_config(assets, a, prompts), sampler=scripted(tokenizer), model=model)
+    distill.run(_config(assets, b, prompts), sampler=scripted(tokenizer), model=model)
     assert all(_read(a, n) == _read(b, n) for n in names)
 
     calls = []
     with pytest.raises(KeyboardInterrupt):  # killed during the 3rd prompt's sampling
-        distill.run(_config(assets, c, prompts), sampler=scripted(tokenizer, calls, fail_at=3))
+        distill.run(_config(assets, c, prompts), sampler=scripted(tokenizer, calls, fail_at=3), model=model)
     assert [r["id"] for r in _jsonl(c, "samples.jsonl")] == ["p0"] * 4 + ["p1"] * 4
     with open(c / "samples.jsonl", "a") as f:  # and a line cut short by the kill
         f.write('{"id": "p2", "sample": 0, "te')
     calls = []
-    distill.run(_config(assets, c, prompts), sampler=scripted(tokenizer, calls))
+    distill.run(_config(assets, c, prompts), sampler=scripted(tokenizer, calls), model=model)
     assert calls == [[2], [3]]  # only what was missing
     assert all(_read(a, n) == _read(c, n) for n in names)
 
     calls = []  # a rerun with another vote threshold samples nothing and rewrites the outputs
-    stats = distill.run(_config(assets, c, prompts, min_agreement=0.75), sampler=scripted(tokenizer, calls))
+    stats = distill.run(_config(assets, c, prompts, min_agreement=0.75), sampler=scripted(tokenizer, calls), model=model)
     assert calls == [] and stats["n_kept"] == 2 and len(_jsonl(c, "sft.jsonl")) == 2
     with pytest.raises(UserError, match="other settings: num_samples=4 \\(now 2\\)"):
-        distill.run(_config(assets, c, prompts, num_samples=2), sampler=scripted(tokenizer))
+        distill.run(_config(assets, c, prompts, num_samples=2), sampler=scripted(tokenizer), model=model)
 
 
 def test_no_agreement_writes_empty_files_warns_and_exits_0(assets, tokenizer, tmp_path, monkeypatch, capsys):
