@@ -59,33 +59,45 @@ def _tiny_config(assets, tmp_path):
     c = config_flags.load_config(TINY)
     c.model.path, c.data.train, c.data.eval = assets.model, str(train), assets.eval
     c.train.steps, c.train.epochs, c.train.seq_len, c.optim.warmup_steps = 0, 1, 256, 1
-    c.eval.max_examples, c.eval.max_new_tokens, c.eval.batch_size = 2, 8, 2
+    c.eval.max_examples, c.eval.max_new_tokens, c.eval.batch_size = 2, 24, 2
     c.checkpoint.every_steps = 100
     c.lock()
     return c
 
 
 def test_end_to_end_and_reuse(assets, tmp_path):
+    """Two real trainings (seed 0 at fractions 0.5 and 1); seed 1's points are already finished (written here), so
+    they are reused, and a rerun trains nothing."""
     calls = []
 
     def train(c):
-        calls.append((c.workdir, c.seed, c.data.train_subset))
+        calls.append((c.workdir, c.seed, c.data.train_subset, c.eval.baseline))
         return sft.run(c)
 
     out = str(tmp_path / "out")
+    for fraction, d, f1 in ((0.5, 8, 0.2), (1.0, 16, 0.5)):  # finished points of seed 1
+        counts = [[1, 4, 3], [0, 1, 0]] if f1 == 0.2 else [[2, 1, 2], [0, 1, 0]]  # micro-F1 2/10 and 4/8
+        point = {"fraction": fraction, "seed": 1, "n_examples": d, "f1": f1, "metric": "micro_f1",
+                 "counts": counts, "average": "micro"}
+        os.makedirs(scaling.point_dir(out, fraction, 1))
+        with open(os.path.join(scaling.point_dir(out, fraction, 1), "point.json"), "w") as f:
+            json.dump(point, f)
     config = _tiny_config(assets, tmp_path)
     fit = scaling.run(config, fractions=[0.5, 1.0], seeds=[0, 1], out=out, train=train)
-    assert [c[1:] for c in calls] == [(0, "0.5:0"), (0, "1.0:0"), (1, "0.5:1"), (1, "1.0:1")]
+    assert [c[1:] for c in calls] == [(0, "0.5:0", False), (0, "1.0:0", False)]
     assert [(p["n_examples"], p["seed"]) for p in fit["points"]] == [(8, 0), (16, 0), (8, 1), (16, 1)]
-    for p in fit["points"]:
+    for p in fit["points"][:2]:
         assert p["metric"] == "micro_f1" and np.shape(p["counts"]) == (2, 3) and p["average"] == "micro"
-        metrics = json.loads(open(os.path.join(p["workdir"], "eval", "metrics.json")).read())
-        assert p["f1"] == metrics["micro_f1"]
-        logged = [json.loads(line) for line in open(os.path.join(p["workdir"], "metrics.jsonl"))]
-        assert len(logged) == p["n_examples"] // 8  # one epoch: one packed example per 256-token row, 8 rows a batch
-    assert fit["bootstrap"]["n_eval_examples"] == 2
-    assert json.loads(open(os.path.join(out, "fit.json")).read())["alpha"] == fit["alpha"]
-    assert os.path.isfile(os.path.join(out, "fit.png"))
+        with open(os.path.join(p["workdir"], "eval", "metrics.json")) as f:
+            assert p["f1"] == json.load(f)["micro_f1"]
+        with open(os.path.join(p["workdir"], "metrics.jsonl")) as f:  # one epoch of d rows (one example per
+            assert len(f.readlines()) == p["n_examples"] // 8          # 256-token row), 8 rows per step
+    assert fit["bootstrap"]["n_eval_examples"] == 2 and fit["n_points"] == 4
+    with open(os.path.join(out, "fit.json")) as f:
+        assert json.load(f)["alpha"] == fit["alpha"]
+    with open(os.path.join(out, "points.json")) as f:
+        assert json.load(f) == fit["points"]
+    assert os.path.getsize(os.path.join(out, "fit.png")) > 0
 
     calls.clear()  # rerun: every point is reused, the fit is the same
     again = scaling.run(config, fractions=[0.5, 1.0], seeds=[0, 1], out=out, train=train)
@@ -104,7 +116,7 @@ def test_end_to_end_and_reuse(assets, tmp_path):
      "--task nope: unknown task"),
     (["--fit-only", "p.json", "--config", TINY], "--fit-only fits given points; --config does not apply"),
     (["--fit-only", "missing.json"], "missing.json"),
-    (["--frac", "1"], "unrecognized arguments"),
+    (["--config", TINY, "--fractions", "0.5,1", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv, message):
     code, _, err = _cli(argv + ["--out", str(tmp_path / "o")], capsys)
