@@ -16,7 +16,7 @@ def get_config():
     c.workdir = "runs/distill_fiqasa"
     c.model.path = presets.smollm2_gguf()
     c.distill.task = "fiqasa"
-    c.distill.max_examples = 200  # of 750: ~1 h of sampling on a 2-core CPU at 8 samples x <= 192 tokens
+    c.distill.max_examples = 200  # of 750: 1,600 samples of <= 192 tokens (NOTES_15.md: sized for a 2-core CPU)
     c.distill.num_samples = 8
     c.sampling.max_new_tokens = 192
     c.sampling.batch_size = 16  # 2 prompts x 8 samples per decode batch

@@ -19,7 +19,8 @@ labels, else the task's own parser); voting.vote keeps the majority answer when 
                    rerun continues where sampling stopped
     sft.jsonl      one line per kept prompt: the prompt's example in the task's own file format with "label" set to
                    the voted answer (FinBen JSONL {"id", "text", "label", "query"} for fiqasa and fpb), so the
-                   task's reader, and training on that task, read it like the shipped train split
+                   task's reader, and training on that task, read it like the shipped train split (headlines rows
+                   keep its example fields, which its reader of the raw conversations file does not take)
     pairs.jsonl    DPO pairs (jaxfin.data.pairs format) on the task's plain prompt: chosen = the voted answer in the
                    task's target format (what SFT trains), rejected = one sample exactly as generated
                    ("rejected_ids", its EOS included when it stopped): the first over-long one, else unparseable,
