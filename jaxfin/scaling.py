@@ -49,7 +49,10 @@ def parse_args(argv: Sequence[str]):
 
 def main(argv: Sequence[str]) -> int:
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
+        head, _, body = __doc__.partition("\n\n")
+        print("usage: python -m jaxfin.scaling --config CONFIG --fractions F,F,... [--seeds S,...] [--task NAME] "
+              "[--out DIR] [--config.KEY=VALUE ...]\n       python -m jaxfin.scaling --fit-only POINTS.json "
+              f"[--out DIR]\n\n{head.split(': ', 1)[1]}\n\n{body.split(chr(10) + chr(10), 1)[1]}")
         return 0
     config_args, rest = _split(argv)
     args = parse_args(rest)
