@@ -9,6 +9,7 @@ from ml_collections import ConfigDict, config_dict
 
 from jaxfin.model import presets
 from jaxfin.model.params import LORA_TARGETS
+from jaxfin.recipes import voting
 from jaxfin.tasks import fire
 
 
@@ -41,6 +42,12 @@ def lora() -> ConfigDict:
     c.data.eval = _path(fire.task().files["valid"])
     c.data.mixture = "proportional"  # examples per task per epoch: proportional | uniform | temperature:T
     c.data.schedule = "joint"  # joint: tasks mixed in every batch; sequential: one task after another
+    # Other tasks' training files in their own format, "NAME=PATH[,NAME=PATH...]" (e.g. jaxfin.distill's
+    # sft.jsonl for fiqasa); "" = each task's shipped train split. fire's file is data.train.
+    c.data.task_train = ""
+    # "" = every training example; "FRACTION:SEED" (e.g. "0.25:0") = the first round(FRACTION x n) examples of a
+    # permutation drawn with SEED (jaxfin/data/subset.py): nested across fractions, what jaxfin.scaling trains on.
+    c.data.train_subset = ""
 
     c.train = ConfigDict()
     c.train.steps = 0  # optimizer updates; 0 = train.epochs over the packed data
@@ -214,4 +221,37 @@ def smollm2_finllm() -> ConfigDict:
     c.eval.max_new_tokens = 64  # sentiment / yes-no answers are a few tokens; NER lines fit in 64
     c.eval.batch_size = 25
     c.eval.baseline = True
+    return c
+
+
+def distill() -> ConfigDict:
+    """`python -m jaxfin.distill` (jaxfin/recipes/distill.py): sample chain-of-thought answers to one task's prompts,
+    extract and majority-vote the final answers, write SFT examples, DPO pairs and statistics to the workdir."""
+    c = ConfigDict()
+    c.workdir = "runs/distill"
+    c.seed = 0  # sampling keys: (seed, the prompt's index in its file, the sample's index, the step)
+
+    c.model = ConfigDict()
+    c.model.path = _path(None)  # required: HF dir / hub id, jaxfin checkpoint or workdir, or a .gguf file
+    c.model.dtype = "float32"
+
+    c.distill = ConfigDict()
+    c.distill.task = "fiqasa"  # a task whose answer is one label: fiqasa, fpb, headlines
+    c.distill.prompts = ""  # a file in the task's own format; "" = the task's train split (labels never used)
+    c.distill.max_examples = -1  # -1 all, K the first K prompts
+    c.distill.num_samples = 8  # sampled answers per prompt
+    # Appended to the task's prompt; "{labels}" becomes the task's labels ("positive, negative, neutral").
+    c.distill.cot_instruction = ("Think step by step in a few sentences, then end with a last line of the form "
+                                 "'Answer: <label>', where <label> is one of: {labels}.")
+    c.distill.answer_regex = voting.ANSWER_REGEX  # group "answer" (else 1) is the value; the last match counts
+    c.distill.min_agreement = 0.6  # keep a prompt when its top answer has >= this share of ALL its samples
+
+    c.sampling = ConfigDict()
+    c.sampling.temperature = 0.7
+    c.sampling.top_k = 0  # 0 = off
+    c.sampling.top_p = 0.95  # 1 = off
+    c.sampling.max_new_tokens = 256
+    # Decode rows per batch (a prompt is num_samples rows); samples.jsonl is appended after every
+    # max(1, batch_size // num_samples) prompts, so a rerun continues from there.
+    c.sampling.batch_size = 8
     return c

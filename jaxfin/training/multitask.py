@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from jaxfin import tasks
-from jaxfin.data import batches, chat, mixture
+from jaxfin.data import batches, chat, mixture, subset
 from jaxfin.errors import UserError
 from jaxfin.evaluation import suite
 from jaxfin.io import store
@@ -35,17 +35,33 @@ def task_names(config: ml_collections.ConfigDict) -> list[str]:
     return names
 
 
-def train_sets(names: Sequence[str], fire_train: str) -> tuple[list[tuple[Task, list[Example]]], list[str]]:
-    """[(task, training examples)] in data.tasks order, and fire's entity types ([] without fire)."""
+def task_files(spec: str, names: Sequence[str]) -> dict[str, str]:
+    """data.task_train, "NAME=PATH[,NAME=PATH...]", as {name: path}; UserError naming the key for a bad entry."""
+    files: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in (spec or "").split(","))):
+        name, sep, path = entry.partition("=")
+        if not sep or not path.strip() or name.strip() not in names or name.strip() == "fire":
+            raise UserError(f"data.task_train: {entry!r} is not NAME=PATH for a task of data.tasks other than fire "
+                            f"(fire's file is data.train)")
+        files[name.strip()] = path.strip()
+    return files
+
+
+def train_sets(names: Sequence[str], fire_train: str, data: ml_collections.ConfigDict
+               ) -> tuple[list[tuple[Task, list[Example]]], list[str]]:
+    """[(task, training examples)] in data.tasks order, and fire's entity types ([] without fire). Each task reads
+    fire_train (fire), its data.task_train file, or its shipped train split, then keeps data.train_subset of it."""
+    files = task_files(data.task_train, names)
     sets, types = [], []
     for name in names:
         if name == "fire":
             examples = ner.load_examples(fire_train)
-            types = ner.entity_types(examples)
-            sets.append((tasks.get("fire", types=types), examples))
+            types = ner.entity_types(examples)  # of the whole set: every subset is prompted alike
+            task = tasks.get("fire", types=types)
         else:
             task = tasks.get(name)
-            sets.append((task, suite.read_examples(task, task.files["train"])))
+            examples = suite.read_examples(task, files.get(name, task.files["train"]))
+        sets.append((task, subset.select(examples, data.train_subset)))
     return sets, types
 
 

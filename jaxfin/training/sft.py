@@ -66,7 +66,7 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     # model, so a bad line fails in a second rather than after minutes of loading weights.
     names = multitask.task_names(config)
     model_path, train_path, eval_path = assets(config)
-    sets, types = multitask.train_sets(names, train_path)
+    sets, types = multitask.train_sets(names, train_path, config.data)
     task, train_examples = sets[0]
     jobs = multitask.eval_jobs(names, eval_path, types, config.eval.max_examples)
     # fire alone: its evaluation in WORKDIR/eval/ (as before multi-task runs); else WORKDIR/eval/NAME/ per task.
