@@ -11,10 +11,11 @@ import pytest
 
 from jaxfin import config_flags, tasks
 from jaxfin.data import batches, chat, packing
+from jaxfin.errors import UserError
 from jaxfin.io import store
 from jaxfin.recipes import transfer
 from jaxfin.tasks import ner, sentiment
-from jaxfin.training import sft, step as step_lib
+from jaxfin.training import multitask, sft, step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -147,3 +148,19 @@ def test_task_keys_are_checked_before_anything_loads():
         bad.data[key] = value
         with pytest.raises(UserError, match=message):
             multitask.task_names(bad)
+
+
+def test_task_train_replaces_a_split_and_train_subset_keeps_a_nested_part(tmp_path):
+    src = tasks.get("fiqasa").files["train"]
+    mine = tmp_path / "sft.jsonl"
+    mine.write_text("".join(open(src, encoding="utf-8").readlines()[:5]), encoding="utf-8")
+    cfg = config_flags.load_config("configs/tiny.py")
+    cfg.data.tasks, cfg.data.task_train = "fiqasa", f"fiqasa={mine}"
+    [(task, every)], _ = multitask.train_sets(["fiqasa"], "", cfg.data)
+    assert task.name == "fiqasa" and len(every) == 5
+    cfg.data.train_subset = "0.4:0"
+    [(_, part)], _ = multitask.train_sets(["fiqasa"], "", cfg.data)
+    assert len(part) == 2 and all(ex in every for ex in part)
+    cfg.data.task_train = "fire=x.jsonl"
+    with pytest.raises(UserError, match="data.task_train"):
+        multitask.train_sets(["fiqasa"], "", cfg.data)
