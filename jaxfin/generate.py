@@ -1,13 +1,20 @@
-"""`python -m jaxfin.generate`: greedy continuations of JSONL prompts with any model jaxfin can load.
+"""`python -m jaxfin.generate`: greedy or sampled continuations of JSONL prompts with any model jaxfin can load.
 
     python -m jaxfin.generate --model PATH --prompts IN.jsonl --out OUT.jsonl \
-        [--max-new-tokens 256] [--batch-size 8] [--dtype bfloat16|float32] [--debug]
+        [--max-new-tokens 256] [--batch-size 8] [--dtype bfloat16|float32] \
+        [--temperature 0] [--top-k 0] [--top-p 1.0] [--num-samples 1] [--seed 0] [--debug]
 
 PATH: an HF model directory or hub id, a jaxfin checkpoint or a training workdir (see io/store.load). Each input
 line is one of {"input_ids": [...]}, {"prompt": "..."} (tokenized with the tokenizer's default special tokens,
 e.g. a BOS) or {"messages": [...]} (the tokenizer's chat template with the generation prompt); when a line has
 several, the first of that order wins. Output lines keep every input field and add `completion_ids` (without the
 stop token), `completion` (decoded with special tokens kept, when there is a tokenizer) and `finish_reason`.
+
+--temperature 0 (the default) is greedy. Otherwise each token is drawn from transformers' Temperature -> TopK ->
+TopP distribution (--top-k 0 and --top-p 1 are off; note transformers' own default is top_k 50). With
+--num-samples N > 1 each output line gets `samples`: [{"completion", "completion_ids", "finish_reason"}, ...] in
+sample order instead of the three fields. A sample depends only on (--seed, the line's index among the input's
+non-blank lines, the sample's index): the same whatever --batch-size.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from jaxfin import errors
 from jaxfin.data import chat
 from jaxfin.errors import UserError, run_cli
 from jaxfin.infer import decode
+from jaxfin.infer.sampling import Sampling
 from jaxfin.io import store
 from jaxfin.io.files import read_jsonl, write_jsonl
 
@@ -68,6 +76,20 @@ def _positive_int(s: str) -> int:
     return int(s)
 
 
+def _number(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = errors.ArgumentParser(prog="python -m jaxfin.generate", description=__doc__.split("\n")[0],
                                 epilog="--debug shows the traceback of an error")
@@ -78,7 +100,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="params and compute dtype (default: the checkpoint's)")
-    return p.parse_args(argv)
+    p.add_argument("--temperature", type=_number, default=0.0, help="0 (default) = greedy")
+    p.add_argument("--top-k", type=_int, default=0, help="keep the K most likely tokens; 0 (default) = off")
+    p.add_argument("--top-p", type=_number, default=1.0, help="nucleus mass in (0, 1]; 1 (default) = off")
+    p.add_argument("--num-samples", type=_int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--seed", type=_int, default=0, help="sampling seed in [0, 2^32) (default 0)")
+    args = p.parse_args(argv)
+    t, k, top_p, n, seed = args.temperature, args.top_k, args.top_p, args.num_samples, args.seed
+    checks = [(not 0 <= t < float("inf"), f"--temperature must be a finite number >= 0 (0 = greedy), got {t}"),
+              (k < 0, f"--top-k must be >= 0 (0 = off), got {k}"),
+              (not 0 < top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {top_p}"),
+              (n < 1, f"--num-samples must be >= 1, got {n}"),
+              (not 0 <= seed < 2**32, f"--seed must be in [0, 2**32), got {seed}")]
+    for failed, message in checks:
+        if failed:
+            raise UserError(message)
+    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return args
 
 
 def main(argv: Sequence[str]) -> int:
@@ -92,17 +130,25 @@ def main(argv: Sequence[str]) -> int:
     decode.check_prompts(prompts, cfg, where)
 
     lora_scale = model.lora_config.scale if model.lora is not None else 1.0
-    completions = decode.greedy(model.params, cfg, prompts, max_new_tokens=args.max_new_tokens,
-                                stop_ids=model.eos_ids, batch_size=args.batch_size, lora=model.lora,
-                                lora_scale=lora_scale, verbose=True)
-    out = []
-    for (_, rec), c in zip(records, completions):
-        rec = {**rec, "completion_ids": c.token_ids}
+    completions = decode.generate(model.params, cfg, prompts, max_new_tokens=args.max_new_tokens,
+                                  stop_ids=model.eos_ids, batch_size=args.batch_size, lora=model.lora,
+                                  lora_scale=lora_scale, sampling=args.sampling, num_samples=args.num_samples,
+                                  seed=args.seed, verbose=True)
+
+    def fields(c: decode.Completion) -> dict[str, Any]:
+        out = {"completion_ids": c.token_ids}
         if tokenizer is not None:
             # Special tokens kept: think tags and any end-of-turn marker that is not an EOS stay visible.
-            rec["completion"] = tokenizer.decode(c.token_ids, skip_special_tokens=False)
-        rec["finish_reason"] = c.finish_reason
-        out.append(rec)
+            out["completion"] = tokenizer.decode(c.token_ids, skip_special_tokens=False)
+        out["finish_reason"] = c.finish_reason
+        return out
+
+    out = []
+    for (_, rec), samples in zip(records, completions):
+        if args.num_samples == 1:
+            out.append({**rec, **fields(samples[0])})
+        else:
+            out.append({**rec, "samples": [fields(c) for c in samples]})
     write_jsonl(args.out, out)
     print(f"wrote {len(out)} completions to {args.out}", file=sys.stderr)
     return 0

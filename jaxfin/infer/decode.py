@@ -1,4 +1,5 @@
-"""Greedy decoding: a jitted prefill over right-padded prompts, then an on-device `lax.while_loop` over a KV cache.
+"""Decoding, greedy or sampled: a jitted prefill over right-padded prompts, then an on-device `lax.while_loop` over
+a KV cache.
 
 The KV-cache layout follows decoder.decoder: every row writes its keys/values at its own absolute positions, and a
 query at position p sees cache slots s <= p. So a batch of prompts of different lengths is right-padded, the
@@ -7,6 +8,11 @@ position len_r + i. Padding slots beyond a row's position hold garbage that is m
 
 Shapes are bucketed to powers of two (prompt length >= 16, new tokens >= 16, batch <= batch_size, stop ids >= 8)
 and prompts are sorted by length, so a run compiles once per (batch, prompt, new-token) bucket, not per batch.
+
+Sampling (sampling.py) draws each token with a key derived from (seed, example id, sample index, decode step) only:
+fold_in(fold_in(fold_in(key(seed), "SAMP"), example), sample), then fold_in(step) with step 0 for the first new
+token. A row's place in a batch, the batch size, the sort and the buckets never enter, so a sample is reproducible
+whatever the batching. temperature and top_p are traced scalars; top_k is static (one compile per value).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxfin.errors import UserError
+from jaxfin.infer import sampling as sampling_lib
+from jaxfin.infer.sampling import Sampling
 from jaxfin.model import decoder as model
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
@@ -41,9 +49,16 @@ def bucket(n: int, minimum: int) -> int:
     return 1 << (max(n, minimum) - 1).bit_length()
 
 
-def _next_token(params: Params, h_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Argmax over the vocabulary of the hidden states h [B, 1, D] -> [B] int32."""
-    return jnp.argmax(model.logits(params, h_BTD, cfg)[:, 0], axis=-1).astype(jnp.int32)
+def _next_token(params: Params, h_B1D: jax.Array, cfg: ModelConfig, draw: Params | None, step: jax.Array | int,
+                top_k: int) -> jax.Array:
+    """The next token [B] int32 from the hidden states h [B, 1, D]: the argmax of the logits without `draw`, else
+    sampling.sample with the row keys of (seed, example, sample) folded with the decode step `step` (0 = the first
+    new token)."""
+    logits_BV = model.logits(params, h_B1D, cfg)[:, 0]
+    if draw is None:
+        return sampling_lib.greedy(logits_BV)
+    keys_B = sampling_lib.step_keys(sampling_lib.row_keys(draw["seed"], draw["example_B"], draw["sample_B"]), step)
+    return sampling_lib.sample(logits_BV, keys_B, draw["temperature"], draw["top_p"], top_k=top_k)
 
 
 def prefill(
@@ -52,12 +67,15 @@ def prefill(
     lora_scale: jax.Array,
     tokens_BT: jax.Array,
     lengths_B: jax.Array,
+    draw: Params | None = None,
     *,
     cfg: ModelConfig,
     cache_len: int,
+    top_k: int = 0,
 ) -> tuple[jax.Array, Params]:
     """Runs the right-padded prompts through the decoder into a fresh cache of `cache_len` slots.
-    Returns (the first new token of each row [B], the cache)."""
+    Returns (the first new token of each row [B], the cache). `draw` (None: greedy) holds the traced sampling
+    inputs: {"seed": uint32 [], "example_B", "sample_B": uint32 [B], "temperature", "top_p": f32 []}."""
     B, T = tokens_BT.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cache = model.init_cache(cfg, B, cache_len)
@@ -65,7 +83,7 @@ def prefill(
                                  lora_scale=lora_scale, cache=cache)
     # Only the last real position of each row needs logits: [B, T, V] never exists.
     last_B1D = jnp.take_along_axis(h_BTD, (lengths_B - 1)[:, None, None], axis=1)
-    return _next_token(params, last_B1D, cfg), cache
+    return _next_token(params, last_B1D, cfg, draw, 0, top_k), cache
 
 
 def decode_loop(
@@ -78,9 +96,11 @@ def decode_loop(
     done_B: jax.Array,
     max_new: jax.Array,
     stop_ids: jax.Array,
+    draw: Params | None = None,
     *,
     cfg: ModelConfig,
     n_bucket: int,
+    top_k: int = 0,
 ) -> jax.Array:
     """Generates up to `max_new` (<= n_bucket) tokens per row after `first_B`, one per step for every row, until
     every row has produced a stop id. Rows already done (`done_B`: padding rows) or finished write PAD_ID.
@@ -98,7 +118,7 @@ def decode_loop(
         positions_B1 = (lengths_B + i - 1)[:, None]
         h_B1D, cache = model.decoder(params, model.embed(params, tok_B[:, None], cfg), positions_B1, cfg,
                                      lora=lora, lora_scale=lora_scale, cache=cache)
-        next_B = _next_token(params, h_B1D, cfg)
+        next_B = _next_token(params, h_B1D, cfg, draw, i, top_k)
         out_BN = jax.lax.dynamic_update_slice(out_BN, jnp.where(done_B, PAD_ID, next_B)[:, None], (0, i))
         done_B = done_B | jnp.isin(next_B, stop_ids)
         return i + 1, next_B, done_B, out_BN, cache
@@ -153,6 +173,107 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def generate(
+    params: Params,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    batch_size: int = 8,
+    lora: Params | None = None,
+    lora_scale: float = 1.0,
+    sampling: Sampling = Sampling(),
+    num_samples: int = 1,
+    seed: int = 0,
+    example_ids: Sequence[int] | None = None,
+    verbose: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+) -> list[list[Completion]]:
+    """`num_samples` continuations of each of `prompts` (token id lists): a list per prompt in input order, its
+    samples in sample order. Greedy (sampling.temperature 0, the default) gives transformers'
+    `generate(do_sample=False)` one prompt at a time; otherwise each token is drawn from transformers'
+    Temperature -> TopK -> TopP distribution (sampling.py) with a key from (seed, the prompt's example id, the
+    sample's index, the decode step) only, so a sample is the same at any batch size, order or bucket.
+    `example_ids` (default 0, 1, ...): each prompt's index in its input file, in [0, 2^32).
+    A row stops at the first of `stop_ids` (excluded from its tokens, finish_reason "stop") or after
+    `max_new_tokens` ("length"). temperature and top_p are traced (new values do not recompile), top_k is static.
+    With `mesh` (the one the params are sharded on), each batch's rows are split over its data x fsdp devices,
+    those of every process; each process then passes the same prompts and gets every completion."""
+    if max_new_tokens < 1 or batch_size < 1 or num_samples < 1:
+        raise UserError(f"max_new_tokens ({max_new_tokens}), batch_size ({batch_size}) and num_samples "
+                        f"({num_samples}) must be >= 1")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"the sampling seed must be in [0, 2**32), got {seed}")
+    example_ids = list(range(len(prompts))) if example_ids is None else [int(e) for e in example_ids]
+    if len(example_ids) != len(prompts) or not all(0 <= e < 2**32 for e in example_ids):
+        raise UserError(f"example_ids must give one id in [0, 2**32) per prompt ({len(prompts)} prompts)")
+    check_prompts(prompts, cfg)
+    if not prompts:
+        return []
+    stop_set = set(stop_ids)
+    stop = np.full(bucket(len(stop_set), 8), PAD_ID, np.int32)  # padded: any few stop ids share one compile
+    stop[: len(stop_set)] = sorted(stop_set)
+    n_bucket = bucket(max_new_tokens, 16)
+    divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
+    scale = jnp.float32(lora_scale)
+    top_k = 0 if sampling.greedy else int(sampling.top_k)
+    prefill_fn = jax.jit(prefill, static_argnames=("cfg", "cache_len", "top_k"))
+    loop_fn = jax.jit(decode_loop, static_argnames=("cfg", "n_bucket", "top_k"))
+    knobs = {"seed": jnp.uint32(seed), "temperature": jnp.float32(sampling.temperature),
+             "top_p": jnp.float32(sampling.top_p)}
+
+    # Rows are (prompt, sample) pairs. Longest first: similar lengths share a batch (less padding), and running
+    # out of memory happens at once. Keys never see this order.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    rows = [(i, s) for i in order for s in range(num_samples)]
+    results: list[list[Completion | None]] = [[None] * num_samples for _ in prompts]
+    shapes: set[tuple[int, int]] = set()
+    t_prefill, n_prompt, t_warm, n_warm, t0 = 0.0, 0, 0.0, 0, time.perf_counter()
+    for start in tqdm(range(0, len(rows), batch_size), desc="decode", unit="batch", disable=not verbose,
+                      file=sys.stderr):
+        batch = rows[start: start + batch_size]
+        B = -(-min(bucket(len(batch), 1), batch_size) // divisor) * divisor  # rows split evenly over the mesh
+        T = bucket(max(len(prompts[i]) for i, _ in batch), 16)
+        tokens_BT = np.zeros((B, T), np.int32)
+        lengths_B = np.ones(B, np.int32)
+        done_B = np.ones(B, bool)  # padding rows start done, so they never keep the loop running
+        example_B, sample_B = np.zeros(B, np.uint32), np.zeros(B, np.uint32)
+        for r, (i, s) in enumerate(batch):
+            tokens_BT[r, : len(prompts[i])] = prompts[i]
+            lengths_B[r], done_B[r], example_B[r], sample_B[r] = len(prompts[i]), False, example_ids[i], s
+        warm = (B, T) in shapes  # this shape compiled earlier in the run
+        shapes.add((B, T))
+        t1 = time.perf_counter()
+        host = (tokens_BT, lengths_B, done_B, example_B, sample_B)
+        tokens, lengths, done, example, sample = host if mesh is None else _split_rows(mesh, *host)
+        draw = None if sampling.greedy else {**knobs, "example_B": example, "sample_B": sample}
+        first_B, cache = prefill_fn(params, lora, scale, tokens, lengths, draw, cfg=cfg, cache_len=T + n_bucket,
+                                    top_k=top_k)
+        if verbose:
+            first_B.block_until_ready()
+            t_prefill += time.perf_counter() - t1
+            n_prompt += int(lengths_B[~done_B].sum())
+        out_BN = loop_fn(params, lora, scale, cache, first_B, lengths, done, jnp.int32(max_new_tokens), stop, draw,
+                         cfg=cfg, n_bucket=n_bucket, top_k=top_k)
+        out_BN = _to_host(out_BN)[:, :max_new_tokens]
+        for r, (i, s) in enumerate(batch):
+            results[i][s] = _completion(out_BN[r], stop_set)
+        if warm:
+            t_warm += time.perf_counter() - t1
+            n_warm += sum(_generated(results[i][s]) for i, s in batch)
+    if verbose:
+        dt = time.perf_counter() - t0
+        n_new = sum(_generated(c) for cs in results for c in cs)
+        msg = (f"decode: {len(prompts)} prompts x {num_samples} samples, {n_new} new tokens in {dt:.2f} s = "
+               f"{n_new / dt:.1f} tokens/s (prefill of {n_prompt} prompt tokens {t_prefill:.2f} s; "
+               f"{len(shapes)} batch shapes compiled")
+        if n_warm:
+            msg += f"; {n_warm / t_warm:.1f} tokens/s over the batches that did not compile"
+        print(msg + ")", file=sys.stderr)
+    return results  # type: ignore[return-value]
+
+
 def greedy(
     params: Params,
     cfg: ModelConfig,
@@ -166,64 +287,8 @@ def greedy(
     verbose: bool = False,
     mesh: jax.sharding.Mesh | None = None,
 ) -> list[Completion]:
-    """Greedy continuations of `prompts` (token id lists), in input order, as transformers'
-    `generate(do_sample=False)` computes them one prompt at a time. A row stops at the first of `stop_ids`
-    (excluded from its tokens, finish_reason "stop") or after `max_new_tokens` ("length").
-    With `mesh` (the one the params are sharded on), each batch's rows are split over its data x fsdp devices,
-    those of every process; each process then passes the same prompts and gets every completion."""
-    if max_new_tokens < 1 or batch_size < 1:
-        raise UserError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be >= 1")
-    check_prompts(prompts, cfg)
-    if not prompts:
-        return []
-    stop_set = set(stop_ids)
-    stop = np.full(bucket(len(stop_set), 8), PAD_ID, np.int32)  # padded: any few stop ids share one compile
-    stop[: len(stop_set)] = sorted(stop_set)
-    n_bucket = bucket(max_new_tokens, 16)
-    divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
-    scale = jnp.float32(lora_scale)
-    prefill_fn = jax.jit(prefill, static_argnames=("cfg", "cache_len"))
-    loop_fn = jax.jit(decode_loop, static_argnames=("cfg", "n_bucket"))
-
-    # Longest first: similar lengths share a batch (less padding), and running out of memory happens at once.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: list[Completion | None] = [None] * len(prompts)
-    shapes: set[tuple[int, int]] = set()
-    t_prefill, n_prompt, t_warm, n_warm, t0 = 0.0, 0, 0.0, 0, time.perf_counter()
-    for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not verbose,
-                      file=sys.stderr):
-        idx = order[start: start + batch_size]
-        B = -(-min(bucket(len(idx), 1), batch_size) // divisor) * divisor  # rows split evenly over the mesh
-        T = bucket(max(len(prompts[i]) for i in idx), 16)
-        tokens_BT = np.zeros((B, T), np.int32)
-        lengths_B = np.ones(B, np.int32)
-        done_B = np.ones(B, bool)  # padding rows start done, so they never keep the loop running
-        for r, i in enumerate(idx):
-            tokens_BT[r, : len(prompts[i])] = prompts[i]
-            lengths_B[r], done_B[r] = len(prompts[i]), False
-        warm = (B, T) in shapes  # this shape compiled earlier in the run
-        shapes.add((B, T))
-        t1 = time.perf_counter()
-        rows = (tokens_BT, lengths_B, done_B) if mesh is None else _split_rows(mesh, tokens_BT, lengths_B, done_B)
-        first_B, cache = prefill_fn(params, lora, scale, rows[0], rows[1], cfg=cfg, cache_len=T + n_bucket)
-        if verbose:
-            first_B.block_until_ready()
-            t_prefill += time.perf_counter() - t1
-            n_prompt += int(lengths_B[~done_B].sum())
-        out_BN = loop_fn(params, lora, scale, cache, first_B, rows[1], rows[2], jnp.int32(max_new_tokens), stop,
-                         cfg=cfg, n_bucket=n_bucket)
-        out_BN = _to_host(out_BN)[:, :max_new_tokens]
-        for r, i in enumerate(idx):
-            results[i] = _completion(out_BN[r], stop_set)
-        if warm:
-            t_warm += time.perf_counter() - t1
-            n_warm += sum(_generated(results[i]) for i in idx)
-    if verbose:
-        dt = time.perf_counter() - t0
-        n_new = sum(_generated(c) for c in results)
-        msg = (f"decode: {len(prompts)} prompts, {n_new} new tokens in {dt:.2f} s = {n_new / dt:.1f} tokens/s "
-               f"(prefill of {n_prompt} prompt tokens {t_prefill:.2f} s; {len(shapes)} batch shapes compiled")
-        if n_warm:
-            msg += f"; {n_warm / t_warm:.1f} tokens/s over the batches that did not compile"
-        print(msg + ")", file=sys.stderr)
-    return results  # type: ignore[return-value]
+    """Greedy continuations of `prompts`, in input order, as transformers' `generate(do_sample=False)` computes
+    them one prompt at a time: `generate` with its default sampling (temperature 0) and one sample per prompt."""
+    out = generate(params, cfg, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids, batch_size=batch_size,
+                   lora=lora, lora_scale=lora_scale, verbose=verbose, mesh=mesh)
+    return [samples[0] for samples in out]
