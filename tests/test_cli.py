@@ -2,12 +2,13 @@
 
 import pytest
 
-from jaxfin import convert, evaluate, generate, profile, train
+from jaxfin import convert, dpo, evaluate, generate, pairs, profile, train
 from jaxfin.errors import run_cli
 
 CLIS = {"python -m jaxfin.train": train.main, "python -m jaxfin.generate": generate.main,
         "python -m jaxfin.evaluate": evaluate.main, "python -m jaxfin.profile": profile.main,
-        "python tools/convert_weights.py": convert.main}
+        "python tools/convert_weights.py": convert.main, "python -m jaxfin.dpo": dpo.main,
+        "python -m jaxfin.pairs": pairs.main}
 
 
 @pytest.mark.parametrize("prog", list(CLIS))
