@@ -25,7 +25,7 @@ from jaxfin import config_flags
 from jaxfin.errors import run_cli
 from jaxfin.io import hf, store, workdir
 from jaxfin.model import lora
-from jaxfin.training import defaults, dpo, preference
+from jaxfin.training import defaults, dpo, loop, preference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 4
@@ -65,20 +65,32 @@ def _config(tiny, wd, *overrides: str):
             f"--config.model.path={sft}", f"--config.data.pairs={pairs}", "--config.model.dtype=float32",
             "--config.model.remat=none", f"--config.train.steps={STEPS}", "--config.train.batch_size=8",
             "--config.train.seq_len=16", "--config.train.loss_chunk=8", "--config.checkpoint.every_steps=2",
-            "--config.optim.lr=1e-2", "--config.optim.warmup_steps=1", "--config.eval.max_examples=0", *overrides]
+            "--config.optim.lr=1e-2", "--config.optim.warmup_steps=1", f"--config.optim.decay_steps={STEPS}",
+            "--config.eval.max_examples=0", *overrides]
     return config_flags.parse_args(argv, defaults.dpo)[0]
 
 
 @pytest.fixture(scope="module")
 def straight(tiny, tmp_path_factory):
+    """The straight in-step run: its workdir, result, and the base (= the reference) before and after training."""
     wd = tmp_path_factory.mktemp("dpo_straight")
-    with pytest.warns(UserWarning, match=r"dropped 1 of 17 pairs longer than train.seq_len=16"):
+    seen, real = {}, loop.run
+
+    def spy(state, *, base, **kwargs):
+        seen["before"] = [np.array(x) for x in jax.tree.leaves(base)]
+        result = real(state, base=base, **kwargs)
+        seen["after"] = [np.asarray(x) for x in jax.tree.leaves(base)]
+        return result
+
+    with pytest.MonkeyPatch.context() as mp, \
+            pytest.warns(UserWarning, match=r"dropped 1 of 17 pairs longer than train.seq_len=16"):
+        mp.setattr(loop, "run", spy)
         out = dpo.run(_config(tiny, wd))
-    return wd, out
+    return wd, out, seen
 
 
 def test_merge_run_metrics_workdir_and_exports(tiny, straight):
-    wd, out = straight
+    wd, out, seen = straight
     rows = workdir.read_metrics(str(wd))
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert set(rows[0]) == TRL_NAMES | {"step", "lr", "grad_norm", "tokens_per_sec", "nonfinite_steps"}
@@ -97,8 +109,12 @@ def test_merge_run_metrics_workdir_and_exports(tiny, straight):
     # adapter on top; the PEFT export states the SFT model as its base.
     loaded, sft_model = store.load(str(wd)), store.load(sft)
     merged = lora.merge_by_layer(sft_model.params, sft_model.lora, sft_lcfg)
-    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(merged)):
+    # The base DPO trained on is the merged SFT model (the reference), bit-identical before and after training.
+    for a, b, before, after in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(merged), seen["before"],
+                                   seen["after"]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(before, np.asarray(b))
+        np.testing.assert_array_equal(after, before)
     assert loaded.lora_config.rank == 16 and float(np.abs(loaded.lora["layers"]["q_proj"]["b"]).max()) > 0
     assert store.load_adapters(str(wd))[3] == os.path.abspath(sft)
 
