@@ -152,13 +152,15 @@ def test_one_device_with_accumulation_equals_eight(tiny, straight, tmp_path):
     want = straight[1]["metrics"]
     for got, ref in zip(out["metrics"], want[:2]):
         for k in TRL_NAMES | {"grad_norm"}:
+            if k == "rewards/accuracies" and got["step"] == 1:
+                continue  # step 1: every reward is 0 up to float noise (~1e-7), so "chosen > rejected" is noise
             assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
 
 
 @pytest.mark.parametrize("override,message", [
     ("--config.lora.dropout=0.1", r"lora.dropout=0.1: DPO needs 0 .*; set --config.lora.dropout=0"),
     ("--config.dpo.loss_type=kto", r"dpo.loss_type='kto': choose one of sigmoid, hinge, ipo, robust"),
-    ("--config.dpo.label_smoothing=0.1", r"dpo.label_smoothing=0.1 has no effect on loss_type='sigmoid'"),
+    ("--config.dpo.label_smoothing=0.1", r"dpo.label_smoothing=0.1 has no effect on loss_type='sigmoid' .*"),
     ("--config.dpo.init=copy", r"dpo.init='copy': choose one of merge, continue"),
 ])
 def test_config_errors_are_one_line(tiny, tmp_path, capsys, override, message):
