@@ -154,7 +154,7 @@ def test_one_device_with_accumulation_equals_eight(tiny, straight, tmp_path):
         for k in TRL_NAMES | {"grad_norm"}:
             if k == "rewards/accuracies" and got["step"] == 1:
                 continue  # step 1: every reward is 0 up to float noise (~1e-7), so "chosen > rejected" is noise
-            assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
+            assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-5), k  # abs: step 1 rewards are 0 +- 1e-6
 
 
 @pytest.mark.parametrize("override,message", [
