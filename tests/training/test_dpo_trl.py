@@ -31,8 +31,9 @@ PAIRS = [([1, 5, 6], [7, 9, 2], [8, 8, 8, 8, 8]),  # rejected: longer, no EOS (h
          ([1, 30, 31, 32, 33, 34], [35, 36, 2], [37, 38, 37, 38, 37, 38, 37])]
 # Every loss type at one beta per family (llama 1.0, qwen2 0.1), plus sigmoid at the other: each (loss type, beta)
 # pair is covered by one family, at 10 compiles rather than 16 (the CPU budget of the suite).
+OTHER_BETA = {1.0: 0.1, 0.1: 1.0}
 CASES = {family: [(loss_type, beta, 0.1 if loss_type == "robust" else 0.0)
-                  for loss_type in ("sigmoid", "ipo", "hinge", "robust")] + [("sigmoid", {1.0: 0.1, 0.1: 1.0}[beta], 0.0)]
+                  for loss_type in ("sigmoid", "ipo", "hinge", "robust")] + [("sigmoid", OTHER_BETA[beta], 0.0)]
          for family, beta in (("llama", 1.0), ("qwen2", 0.1))}
 
 
