@@ -2,13 +2,14 @@
 
 import pytest
 
-from jaxfin import convert, distill, evaluate, generate, profile, scaling, train, transfer
+from jaxfin import convert, distill, dpo, evaluate, generate, pairs, profile, scaling, train, transfer
 from jaxfin.errors import run_cli
 
 CLIS = {"python -m jaxfin.train": train.main, "python -m jaxfin.generate": generate.main,
         "python -m jaxfin.evaluate": evaluate.main, "python -m jaxfin.profile": profile.main,
         "python tools/convert_weights.py": convert.main, "python -m jaxfin.transfer": transfer.main,
-        "python -m jaxfin.distill": distill.main, "python -m jaxfin.scaling": scaling.main}
+        "python -m jaxfin.distill": distill.main, "python -m jaxfin.scaling": scaling.main,
+        "python -m jaxfin.dpo": dpo.main, "python -m jaxfin.pairs": pairs.main}
 
 
 @pytest.mark.parametrize("prog", list(CLIS))

@@ -30,7 +30,7 @@ from jaxfin.errors import UserError
 from jaxfin.io import gguf, hf, hub, workdir
 from jaxfin.io.files import atomic_dir, read_json, write_files
 from jaxfin.model.config import ModelConfig
-from jaxfin.model.lora import LoraConfig
+from jaxfin.model.lora import LoraConfig, merge_by_layer
 from jaxfin.model.params import Params, param_specs
 
 MODEL_JSON = "jaxfin_model.json"
@@ -169,9 +169,10 @@ def _base_id(record: dict) -> str:
 
 
 def _workdir_base_id(run: dict) -> str:
-    """A workdir's base model id: the id recorded by the jaxfin checkpoint it trained on, else its own record."""
+    """A workdir's base model id: the id recorded by the jaxfin checkpoint it trained on, else its own record
+    (always its own when its base is that model with its adapters merged)."""
     base = Path(run["base_model"])
-    if is_checkpoint(base):
+    if is_checkpoint(base) and not run.get(workdir.MERGED_BASE):
         return _base_id(_read_record(base))
     return run.get("base_model_name_or_path") or run["base_model"]
 
@@ -271,6 +272,8 @@ def load(path: str | os.PathLike, *, dtype: Any = None, shardings: Shardings = N
     if workdir.is_workdir(str(p)):
         lora, lcfg, base_path, _ = workdir.restore_adapters(str(p))
         base = load(base_path, dtype=dtype, shardings=shardings, progress=progress)
+        if workdir.read_run(str(p)).get(workdir.MERGED_BASE) and base.lora is not None:  # e.g. DPO on an SFT model
+            base = dataclasses.replace(base, params=merge_by_layer(base.params, base.lora, base.lora_config))
         return dataclasses.replace(base, lora=lora, lora_config=lcfg, source=str(p),
                                    base_model_name_or_path=_workdir_base_id(workdir.read_run(str(p))))
     raise _not_a_model(path)

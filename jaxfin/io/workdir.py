@@ -29,6 +29,9 @@ from jaxfin.model.lora import LoraConfig
 from jaxfin.model.params import Params
 
 RUN_JSON = "run.json"
+# run.json key set (to True) when the base is model.path with its own adapters merged in (DPO's dpo.init=merge):
+# loading the workdir merges them again before applying the workdir's adapters.
+MERGED_BASE = "base_adapters_merged"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 _DAMAGED = "cannot restore this checkpoint, delete it to resume from the previous one"
@@ -39,15 +42,16 @@ def is_workdir(path: str) -> bool:
 
 
 def write_run(workdir: str, *, base_model: str, base_model_name_or_path: str, model_config: ModelConfig,
-              lora_config: LoraConfig, config: dict[str, Any]) -> None:
-    """Writes run.json (atomically: a rename, so a reader never sees half a file)."""
+              lora_config: LoraConfig, config: dict[str, Any], merged_base: bool = False) -> None:
+    """Writes run.json (atomically: a rename, so a reader never sees half a file). `merged_base`: the adapters
+    that came with `base_model` are merged into the base these checkpoints train on (MERGED_BASE)."""
     record = {
         "base_model": os.path.abspath(base_model) if os.path.isdir(base_model) else base_model,
         "base_model_name_or_path": base_model_name_or_path,
         "model_config": dataclasses.asdict(model_config),
         "lora_config": lora_config.to_dict(),
         "config": config,
-    }
+    } | ({MERGED_BASE: True} if merged_base else {})
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, RUN_JSON), record)
 

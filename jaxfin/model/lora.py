@@ -128,6 +128,9 @@ def merge_by_layer(params: Params, adapters: Params, lcfg: LoraConfig) -> Params
     """merge one layer at a time, written in place into the (donated) stacked leaves, so the f32 temporaries
     are one layer's: a whole-model merge of a bf16 model needs about its size again (Qwen2.5-1.5B: export peak RSS
     9.4 GB whole vs 5.3 GB by layer, 5.5 GB without merging), with bit-identical results."""
+    where = jax.tree.leaves(params["layers"])[0].sharding
+    if isinstance(where, jax.sharding.NamedSharding):  # base sharded on a mesh: adapters replicated beside it
+        adapters = jax.device_put(adapters, jax.sharding.NamedSharding(where.mesh, jax.sharding.PartitionSpec()))
     merge_fn = jax.jit(_merged_layer, static_argnums=3)
     write_fn = jax.jit(_write_layer, donate_argnums=0)
     layers = dict(params["layers"])

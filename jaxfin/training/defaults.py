@@ -113,6 +113,34 @@ def lora_neftune() -> ConfigDict:
     return c
 
 
+def dpo() -> ConfigDict:
+    """`python -m jaxfin.dpo`: DPO with a small LoRA on pairs from the model's own over-long outputs (the second
+    paper's second stage: rank 16, alpha 32, beta 1). Every key of lora() but data.train and neftune, plus
+    data.pairs, dpo.* and eval.tasks."""
+    c = lora()
+    c.workdir = "runs/dpo"
+    c.model.path = _path("runs/lora_neftune")  # the SFT model: a workdir, jaxfin checkpoint or HF dir / hub id
+    del c.neftune  # DPO adds no NEFTune noise
+    c.data = ConfigDict()
+    c.data.pairs = _path("runs/pairs/pairs.jsonl")  # preference pairs JSONL (python -m jaxfin.pairs; TRL formats)
+    c.data.eval = _path(None)  # file for eval.tasks when it names one task; unset: each task's own dev file
+    c.train.epochs = 1
+    c.train.batch_size = 16  # pairs per update (chosen and rejected of a pair share one pass)
+    c.train.seq_len = 1024  # the longest prompt + answer kept; longer pairs are dropped with a count
+    c.optim.lr = 5e-5
+    c.lora.dropout = 0.0  # must be 0: policy and reference are the same network (TRL's disable_dropout)
+    c.eval.tasks = "fire"  # comma-separated task names (jaxfin/tasks), evaluated before and after DPO
+
+    c.dpo = ConfigDict()
+    c.dpo.init = "merge"  # merge: model.path's adapters merged into the base, new adapter on top, reference = the
+    #                       merged model; continue: model.path's adapters trained further, reference = the base
+    c.dpo.loss_type = "sigmoid"  # sigmoid | ipo | hinge | robust (TRL >= 0.29's definitions)
+    c.dpo.beta = 0.1  # TRL's default; configs/dpo.py uses the paper's 1.0
+    c.dpo.label_smoothing = 0.0  # robust only: the probability that a preference label is flipped
+    c.dpo.precompute_ref = False  # reference log-probs once per dataset (cached in WORKDIR/reference/)
+    return c
+
+
 def tiny() -> ConfigDict:
     """The embedded default: the whole path from nothing in a few minutes on a 2-core CPU. With model.path and
     data unset, jaxfin.train writes the self-made assets (jaxfin.synthetic: a tiny random Llama as an HF

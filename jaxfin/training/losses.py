@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxfin.model import decoder, neftune
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
+from jaxfin.training import preference
 
 Batch = dict[str, jax.Array]
 
@@ -101,3 +102,63 @@ def _masked_nll_by_task(logp_Bc: jax.Array, mask_Bc: jax.Array, task_Bc: jax.Arr
                         num_tasks: int) -> tuple[jax.Array, jax.Array]:
     nll_Bc = -logp_Bc * mask_Bc
     return jnp.sum(nll_Bc), jnp.stack([jnp.sum(jnp.where(task_Bc == i, nll_Bc, 0.0)) for i in range(num_tasks)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preference (DPO-family) losses over pairs of rows (data/preference_batches.py: [P, 2, T], chosen then rejected).
+
+
+def _row_sums(logp_Bc: jax.Array, mask_Bc: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(mask_Bc > 0, logp_Bc, 0.0), axis=1)
+
+
+def sequence_logps(params: Params, lora: Params | None, batch: Batch, *, cfg: ModelConfig, lora_scale: float,
+                   chunk: int) -> jax.Array:
+    """[P, 2] summed completion log-probs log pi(y | x) of the chosen and rejected rows of each pair, both rows in
+    one pass (lora=None: the model without adapters, the DPO reference). TRL's sum over the completion tokens
+    (trl DPOTrainer._compute_loss), through chunked_logprobs: no [B, T, V] logits."""
+    tokens = batch["tokens_P2T"]
+    P, _, T = tokens.shape
+    rows = lambda x: x.reshape(2 * P, T)  # noqa: E731  pair p -> rows 2p (chosen), 2p + 1 (rejected)
+    h_BTD, _ = decoder.decoder(params, decoder.embed(params, rows(tokens), cfg), rows(batch["positions_P2T"]), cfg,
+                               segment_ids_BT=rows(batch["segment_ids_P2T"]), lora=lora, lora_scale=lora_scale)
+    logp_B = chunked_logprobs(h_BTD, decoder.output_embedding(params, cfg), rows(batch["targets_P2T"]), chunk,
+                              _row_sums, rows(batch["loss_mask_P2T"]))
+    return logp_B.reshape(P, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DpoConfig:
+    """Static settings of the preference loss (hashable, closed over by jit). `precomputed_ref`: the batch carries
+    the reference log-probs (ref_logps_P2) instead of the step computing them."""
+
+    lora_scale: float
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    precomputed_ref: bool = False
+    loss_chunk: int = 128
+
+
+def dpo_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cfg: ModelConfig,
+             hp: DpoConfig) -> tuple[jax.Array, dict]:
+    """Summed per-pair preference loss of one micro-batch of pairs (training/preference.py: TRL's sigmoid / ipo /
+    hinge / robust) and the sums of TRL's metrics; aux counts the pairs (empty padding pairs count for nothing).
+    The policy is the base with the adapters, the reference the same base without them, under stop_gradient (or
+    the precomputed values). No dropout, no NEFTune: `rng` is unused."""
+    del rng
+    policy_P2 = sequence_logps(base, adapters, batch, cfg=cfg, lora_scale=hp.lora_scale, chunk=hp.loss_chunk)
+    if hp.precomputed_ref:
+        ref_P2 = batch["ref_logps_P2"]
+    else:
+        ref_P2 = jax.lax.stop_gradient(sequence_logps(base, None, batch, cfg=cfg, lora_scale=1.0,
+                                                      chunk=hp.loss_chunk))
+    len_P2 = jnp.sum(batch["loss_mask_P2T"], axis=-1)
+    losses_P, metrics = preference.dpo_loss(policy_P2[:, 0], policy_P2[:, 1], ref_P2[:, 0], ref_P2[:, 1],
+                                            beta=hp.beta, loss_type=hp.loss_type, label_smoothing=hp.label_smoothing,
+                                            chosen_len_P=len_P2[:, 0], rejected_len_P=len_P2[:, 1])
+    sums = preference.pair_sums(losses_P, metrics, len_P2[:, 0] > 0)
+    count, loss = sums.pop("pairs"), sums.pop("loss")
+    aux = {"count": count, "tokens": jnp.sum(batch["segment_ids_P2T"] > 0),
+           "metrics": {k: (v, count) for k, v in sums.items()}}
+    return loss, aux
