@@ -30,6 +30,9 @@ def lora() -> ConfigDict:
     c.model.remat = "full"  # jax.checkpoint policy per layer: none | full | dots | dots_all
     # jax.nn.dot_product_attention implementation: unset = XLA picks; "xla"; "cudnn" (GPU flash attention)
     c.model.attention_impl = config_dict.placeholder(str)
+    # Resuming a workdir on other base weights than it was trained on (run.json's fingerprint) is refused; true
+    # continues its adapters on the new base anyway.
+    c.model.allow_base_change = False
 
     c.data = ConfigDict()
     # Cleanlab's FIRE 7-type train split (HF Cleanlab/fire-financial-ner-extraction) and FIRE dev in that schema.
