@@ -225,7 +225,7 @@ def targeted(config: Mapping[str, Any], cfg: ModelConfig, where: str) -> dict[st
         out.setdefault(p, []).append(i)
     targets = config["target_modules"]
     names = module_names(cfg)
-    unknown = [t for t in targets if not _suffix_match(names, t)] if isinstance(targets, list) else []
+    unknown = [t for t in targets if not any(_suffix_match([t], n) for n in names)] if isinstance(targets, list) else []
     if unknown:
         what = f"target_modules names {', '.join(map(repr, unknown))}, which {'is' if len(unknown) == 1 else 'are'} " \
                "no module of this model"
