@@ -31,6 +31,7 @@ import jax
 from jaxfin import errors
 from jaxfin.errors import UserError, run_cli
 from jaxfin.io import gguf_write, hf, peft, store
+from jaxfin.io.files import check_writable
 from jaxfin.model import lora
 
 DTYPES = ("bfloat16", "float32", "float16")
@@ -82,11 +83,13 @@ def check_out(out: str, overwrite: bool, inputs: Sequence[str | None] = (), file
             raise UserError(f"--out {out}: is a directory, expected a .gguf file name")
         if path.exists() and not overwrite:
             raise UserError(f"--out {out}: file exists (pass --overwrite to replace it)")
+        check_writable(out, name=f"--out {out}")
         return
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(f"--out {out}: directory is not empty (pass --overwrite to replace it)")
+    check_writable(out, folder=True, name=f"--out {out}")
 
 
 def to_jax(args: argparse.Namespace) -> None:

@@ -8,20 +8,61 @@ The rule, followed across the package:
     the task readers), argument parsing (ArgumentParser below). A ValueError from computation that a user's input
     can cause is caught there and re-raised as a UserError with that name.
   * run_cli prints a UserError (and an OSError about a file) as one `error: ...` line, exit code 2; anything else
-    is a bug and keeps its traceback.
+    is a bug and keeps its traceback. Writers turn what the system refuses (read-only filesystem, disk full) into
+    a UserError naming the output (io/files.writing); a device out of memory is one line naming the keys to lower
+    (out_of_memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import re
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class UserError(ValueError):
     """Bad input (data, config, checkpoint, CLI argument); the message names the file/line/key/tensor. A
     ValueError, so code that validates values may catch both alike."""
+
+
+# OSErrors that are about a file or the filesystem (one line), not about the program (a traceback).
+_FILE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
+                errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE}
+
+
+def file_error(path: str | os.PathLike, e: OSError) -> UserError:
+    """One line for an OSError while writing `path`: `PATH: cannot write: No space left on device`."""
+    return UserError(f"{os.fspath(path)}: cannot write: {e.strerror or e}")
+
+
+def _oom_size(message: str) -> str:
+    m = re.search(r"allocate ([\d.]+ ?[KMGT]i?B|\d+ bytes)", message)
+    return f" (XLA asked for {m.group(1)})" if m else ""
+
+
+@contextlib.contextmanager
+def out_of_memory(what: str, keys: str) -> Iterator[None]:
+    """A device out-of-memory error (XLA's RESOURCE_EXHAUSTED, 40 lines) inside the block -> one UserError line
+    saying what did not fit and which settings lower the memory it needs."""
+    try:
+        yield
+    except Exception as e:  # jax.errors.JaxRuntimeError; matched by its status text, so jax need not be imported
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+            raise
+        raise UserError(f"out of device memory: {what} did not fit{_oom_size(text)}; lower {keys}") from e
+
+
+def positive_int(s: str) -> int:
+    """argparse type of a count flag (--batch-size, --max-new-tokens): an integer >= 1."""
+    if not s.isdigit() or int(s) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return int(s)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -42,10 +83,14 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
             # Data warnings (dropped examples, mentions not in their text) as one line each, no source lines.
             warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
             code = main(argv)
-    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        if debug:
+    except (UserError, OSError) as e:
+        file_level = isinstance(e, OSError) and (e.filename is not None or e.errno in _FILE_ERRNOS)
+        if debug or not (isinstance(e, UserError) or file_level):
             raise
-        msg = str(e) if isinstance(e, UserError) else f"{e.filename}: {e.strerror}"
+        if isinstance(e, UserError):
+            msg = str(e)
+        else:
+            msg = f"{e.filename}: {e.strerror}" if e.filename is not None else (e.strerror or str(e))
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     except UnicodeDecodeError as e:

@@ -20,21 +20,38 @@ import os
 from typing import Sequence
 
 from jaxfin import errors, tasks
-from jaxfin.errors import UserError, run_cli
+from jaxfin.errors import UserError, out_of_memory, run_cli
 from jaxfin.evaluation import predict, report, suite
-from jaxfin.io import store
+from jaxfin.io import store, workdir
+from jaxfin.io.files import check_writable
 from jaxfin.tasks import ner
+
+OOM_KEYS = "--batch-size or --max-new-tokens"
+
+
+def trained_types(model_path: str) -> list[str] | None:
+    """The entity types a training workdir was trained on (run.json), None for any other model path."""
+    if not workdir.is_workdir(model_path):
+        return None
+    return workdir.read_run(model_path).get("config", {}).get("entity_types") or None
 
 
 def _fire_file(args) -> int:
     """Today's path without --task: NER gold scored as `fire` into DIR/."""
     gold = ner.load_examples(args.data)
-    task = tasks.get("fire", types=ner.entity_types(gold))  # types from the whole file: a prefix keeps every type
+    types = ner.entity_types(gold)  # types from the whole file: a prefix keeps every type
+    trained = trained_types(args.model) if args.model else None
+    if trained:  # a training workdir: prompt with the types it was trained on, and say if the data differ
+        ner.warn_type_mismatch(trained, gold, f"--data {args.data}")
+        types = trained
+    task = tasks.get("fire", types=types)
     if args.model:
         gold = gold[: args.max_examples]
         model = store.load(args.model)
-        outputs = predict.generate(model, task, gold, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size, verbose=True)
+        with out_of_memory(f"decoding (--batch-size {args.batch_size}, --max-new-tokens {args.max_new_tokens})",
+                           OOM_KEYS):
+            outputs = predict.generate(model, task, gold, max_new_tokens=args.max_new_tokens,
+                                       batch_size=args.batch_size, verbose=True)
         meta = {"model": args.model, "data": args.data, "max_new_tokens": str(args.max_new_tokens)}
     else:
         outputs = predict.read_predictions(args.predictions, task, gold)
@@ -68,14 +85,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--split", default="test", choices=suite.SPLITS, help="with --task (default test)")
     parser.add_argument("--data", help="a file replacing the split's, in the task's own format (one task); without "
                         "--task: NER gold scored as fire")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True, help="output directory (its parent folder must exist)")
+    parser.add_argument("--max-new-tokens", type=errors.positive_int, default=256)
+    parser.add_argument("--batch-size", type=errors.positive_int, default=8)
     parser.add_argument("--max-examples", type=int, default=None, help="score only the first K examples of each "
                         "task (--model)")
     args = parser.parse_args(argv)
     if args.max_examples is not None and (args.predictions or args.max_examples < 1):
         parser.error("--max-examples takes K >= 1 and only applies with --model")
+    check_writable(args.out, folder=True, name=f"--out {args.out}")  # before any work
     if args.task is None:
         if args.data is None:
             parser.error("give --task NAME[,NAME...] (or --data GOLD.jsonl for the fire task)")
@@ -89,9 +107,11 @@ def main(argv: Sequence[str]) -> int:
                            data={names[0]: args.data} if args.data else None)
     if args.model:
         model = store.load(args.model)
-        results = suite.evaluate_tasks(model, jobs, args.out, max_new_tokens=args.max_new_tokens,
-                                       batch_size=args.batch_size, meta={"model": args.model, "split": args.split},
-                                       verbose=True)
+        with out_of_memory(f"decoding (--batch-size {args.batch_size}, --max-new-tokens {args.max_new_tokens})",
+                           OOM_KEYS):
+            results = suite.evaluate_tasks(model, jobs, args.out, max_new_tokens=args.max_new_tokens,
+                                           batch_size=args.batch_size,
+                                           meta={"model": args.model, "split": args.split}, verbose=True)
     else:
         results = suite.score_files(jobs, _prediction_files(args.predictions, names), args.out,
                                     meta={"split": args.split})

@@ -25,11 +25,11 @@ from typing import Any, Sequence
 
 from jaxfin import errors
 from jaxfin.data import chat
-from jaxfin.errors import UserError, run_cli
+from jaxfin.errors import UserError, out_of_memory, run_cli
 from jaxfin.infer import decode
 from jaxfin.infer.sampling import Sampling
 from jaxfin.io import store
-from jaxfin.io.files import read_jsonl, write_jsonl
+from jaxfin.io.files import check_writable, read_jsonl, write_jsonl
 
 FIELDS = ("input_ids", "messages", "prompt")
 
@@ -70,12 +70,6 @@ def tokenize(rec: dict[str, Any], tokenizer: Any, where: str) -> list[int]:
         raise UserError(f"{where}: the chat template failed on these messages: {e}") from None
 
 
-def _positive_int(s: str) -> int:
-    if not s.isdigit() or int(s) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return int(s)
-
-
 def _number(s: str) -> float:
     try:
         return float(s)
@@ -95,9 +89,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                 epilog="--debug shows the traceback of an error")
     p.add_argument("--model", required=True, help="HF model dir, jaxfin checkpoint or training workdir")
     p.add_argument("--prompts", required=True, help="input JSONL: input_ids | prompt | messages per line")
-    p.add_argument("--out", required=True, help="output JSONL (overwritten)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--out", required=True, help="output JSONL (overwritten; its folder must exist)")
+    p.add_argument("--max-new-tokens", type=errors.positive_int, default=256)
+    p.add_argument("--batch-size", type=errors.positive_int, default=8)
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                    help="params and compute dtype (default: the checkpoint's)")
     p.add_argument("--temperature", type=_number, default=0.0, help="0 (default) = greedy")
@@ -121,6 +115,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    check_writable(args.out, name=f"--out {args.out}")  # before any work: not after all the decoding
     records = read_prompts(args.prompts)  # before loading the model: bad input fails in a second
     model = store.load(args.model, dtype=args.dtype, progress=True)
     tokenizer = model.tokenizer()
@@ -130,10 +125,12 @@ def main(argv: Sequence[str]) -> int:
     decode.check_prompts(prompts, cfg, where)
 
     lora_scale = model.lora_config.scale if model.lora is not None else 1.0
-    completions = decode.generate(model.params, cfg, prompts, max_new_tokens=args.max_new_tokens,
-                                  stop_ids=model.eos_ids, batch_size=args.batch_size, lora=model.lora,
-                                  lora_scale=lora_scale, sampling=args.sampling, num_samples=args.num_samples,
-                                  seed=args.seed, verbose=True)
+    with out_of_memory(f"decoding (--batch-size {args.batch_size}, --max-new-tokens {args.max_new_tokens})",
+                       "--batch-size or --max-new-tokens"):
+        completions = decode.generate(model.params, cfg, prompts, max_new_tokens=args.max_new_tokens,
+                                      stop_ids=model.eos_ids, batch_size=args.batch_size, lora=model.lora,
+                                      lora_scale=lora_scale, sampling=args.sampling,
+                                      num_samples=args.num_samples, seed=args.seed, verbose=True)
 
     def fields(c: decode.Completion) -> dict[str, Any]:
         out = {"completion_ids": c.token_ids}

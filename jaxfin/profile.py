@@ -12,8 +12,9 @@ import json
 import os
 from typing import Sequence
 
-from jaxfin import config_flags, errors
+from jaxfin import config_flags, errors, validate
 from jaxfin.errors import UserError, run_cli
+from jaxfin.io.files import check_writable, write_text
 from jaxfin.perf import profile
 from jaxfin.training import defaults
 
@@ -23,7 +24,9 @@ def main(argv: Sequence[str]) -> int:
     p = errors.ArgumentParser(prog="python -m jaxfin.profile", description="Throughput, MFU and decode roofline "
                                 "of the train step and decoder at the config's model shape, beside transformers.")
     p.add_argument("--random-weights", action="store_true", help="random base weights (required: nothing is read)")
-    p.add_argument("--out", help="result JSON file, or a folder (ending in /) for FOLDER/<device>_<model>.json")
+    p.add_argument("--out", help="result JSON file, or a folder (ending in /) for FOLDER/<device>_<model>.json; "
+                                 "an existing file is kept unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (e.g. a tracked result)")
     p.add_argument("--trace", help="write a jax.profiler trace of 3 train steps to this directory")
     p.add_argument("--steps", type=int, default=20, help="timed train steps (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed train steps after compilation (default 2)")
@@ -41,15 +44,19 @@ def main(argv: Sequence[str]) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(opts, flag)}")
     if opts.warmup < 0 or opts.devices < 0:
         raise UserError("--warmup and --devices must be >= 0")
+    validate.check(config, workdir=False)
     # Before JAX creates its GPU client: grow the pool on demand, so the peer can use the device first.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    path = None
+    if opts.out:  # checked before the profile runs, not after it
+        path = profile.output_path(config, opts)
+        if os.path.isfile(path) and not opts.overwrite:
+            raise UserError(f"--out {path}: the file exists (pass --overwrite to replace it, or name another file)")
+        check_writable(path, name=f"--out {path}")
     result = profile.run(config, opts, profile.config_string(argv))
     print(profile.table(result))
-    if opts.out:
-        path = profile.result_path(opts.out, result["device"], result["model"])
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
+    if path:
+        write_text(path, json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return 0
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from jaxfin import config_flags
 from jaxfin.errors import UserError, run_cli
+from jaxfin.evaluation import report
 from jaxfin.training import defaults, sft
 
 
@@ -31,10 +32,14 @@ def main(argv: Sequence[str]) -> int:
               f"continue", file=sys.stderr)
         return out["stopped"]
     rows = out["metrics"]
+    scores = f"; eval {report.summary_line('fire', out['eval'])}" if out.get("eval") else ""
     if rows:
         loss = lambda r: "nan" if r["loss"] is None else f"{r['loss']:.4f}"  # noqa: E731
         print(f"trained to step {out['step']} in {time.perf_counter() - t0:.1f} s: loss {loss(rows[0])} "
-              f"(step {rows[0]['step']}) -> {loss(rows[-1])} (step {rows[-1]['step']}); workdir {config.workdir}")
+              f"(step {rows[0]['step']}) -> {loss(rows[-1])} (step {rows[-1]['step']}){scores}; workdir "
+              f"{config.workdir}")
+    elif scores:
+        print(f"already trained to step {out['step']}{scores}; workdir {config.workdir}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Files in and out, one copy each: atomic writes of a file or a directory (a reader never sees half of one, and
-a failure leaves nothing in place of the old output), and JSON / JSONL reading whose errors name file:line."""
+a failure leaves nothing in place of the old output), checks that an output can be written before any work, and
+JSON / JSONL reading whose errors name file:line. What the operating system refuses while writing (a read-only
+filesystem, a full disk) is one UserError naming the output, never the temporary file."""
 
 from __future__ import annotations
 
@@ -14,17 +16,75 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from jaxfin.errors import UserError
+from jaxfin.errors import UserError, file_error
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False, make_parents: bool = False,
+                   name: str | None = None) -> None:
+    """Refuses, before any work, an output that cannot be written: a folder where a file is expected or the
+    reverse, a parent folder that does not exist (not created for you, unless `make_parents`: then the nearest
+    existing one counts), or a folder the process cannot write in (read-only filesystem, permissions). `name`
+    starts the message (default: the path; e.g. "--out OUT")."""
+    path = os.fspath(path)
+    name = name or path
+    p = os.path.abspath(path)
+    if os.path.exists(p):
+        if folder and not os.path.isdir(p):
+            raise UserError(f"{name}: is a file, expected a folder")
+        if not folder and os.path.isdir(p):
+            raise UserError(f"{name}: is a folder, expected a file name")
+    parent = os.path.dirname(p)
+    if make_parents:
+        while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        what = "does not exist (create it first)" if not os.path.exists(parent) else "is not a folder"
+        raise UserError(f"{name}: the folder {parent} {what}")
+    where = p if folder and os.path.isdir(p) else parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UserError(f"{name}: cannot write in {where} (read-only filesystem or no permission)")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """What the system refuses while writing the output `path` (read-only filesystem, disk full, permissions) ->
+    one UserError naming `path` (not a temporary file beside it). An error about another file (an input read
+    while writing) passes through unchanged."""
+    try:
+        yield
+    except OSError as e:
+        out = os.path.abspath(path)
+        ours = (out, os.path.join(os.path.dirname(out), "." + os.path.basename(out)))
+        if e.filename is not None and not os.path.abspath(os.fsdecode(e.filename)).startswith(ours):
+            raise
+        raise file_error(path, e) from None
+
+
+@contextlib.contextmanager
+def removed_on_error(path: str | os.PathLike) -> Iterator[None]:
+    """Removes what the block created of `path` (it and the folders above it that did not exist at entry) when
+    the block fails, so that a run that stops at bad input leaves nothing behind."""
+    created, p = None, Path(path).absolute()
+    while not p.exists() and p.parent != p:
+        created, p = p, p.parent
+    try:
+        yield
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """write(tmp) into a temporary file beside `path`, then rename it over `path` (same directory: the rename
-    cannot cross filesystems); on failure the temporary file is removed and `path` is untouched."""
+    cannot cross filesystems); on failure the temporary file is removed and `path` is untouched. An OSError is
+    one UserError naming `path`."""
     head, tail = os.path.split(os.path.abspath(path))
     tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -52,21 +112,24 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yields a fresh temp dir beside `out_dir`; on success it replaces `out_dir` (removed first if present), on
     failure it is deleted, so readers never see a half-written directory."""
     out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, 0o755)
     try:
-        yield tmp
+        with writing(out):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    with writing(out):
+        old = None
+        if out.exists() or out.is_symlink():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def write_files(out_dir: Path, files: Mapping[str, bytes]) -> None:

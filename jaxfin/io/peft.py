@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -222,9 +223,18 @@ def targeted(config: Mapping[str, Any], cfg: ModelConfig, where: str) -> dict[st
     out: dict[str, list[int]] = {}
     for i, p in sorted((projections[k] for k in hits), key=lambda ip: (LORA_TARGETS.index(ip[1]), ip[0])):
         out.setdefault(p, []).append(i)
+    targets = config["target_modules"]
+    names = module_names(cfg)
+    unknown = [t for t in targets if not any(_suffix_match([t], n) for n in names)] if isinstance(targets, list) else []
+    if unknown:
+        what = f"target_modules names {', '.join(map(repr, unknown))}, which {'is' if len(unknown) == 1 else 'are'} " \
+               "no module of this model"
+        if not out:
+            raise UserError(f"{where}: {what}; the modules LoRA can adapt here are {', '.join(LORA_TARGETS)}")
+        warnings.warn(f"{where}: {what}; ignored, as PEFT does (the adapter has no weights for it)", stacklevel=2)
     if not out:
-        raise UserError(f"{where}: target_modules {json.dumps(config['target_modules'])} selects none of the "
-                        f"model's projections ({', '.join(LORA_TARGETS)})")
+        raise UserError(f"{where}: target_modules {json.dumps(targets)} selects none of the model's projections "
+                        f"({', '.join(LORA_TARGETS)})")
     return out
 
 

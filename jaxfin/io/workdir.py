@@ -1,6 +1,7 @@
 """A training workdir, usable on its own by generate / evaluate / convert:
 
-  WORKDIR/run.json              base model, model and LoRA configs, the training config
+  WORKDIR/run.json              base model (path and fingerprint), model and LoRA configs, the training config,
+                                the planned steps
   WORKDIR/checkpoints/<step>/   orbax: lora, opt_state, meta {step, data_position, nonfinite_steps}; <step> = steps
                                 done; a save in flight is `<step>.orbax-checkpoint-tmp` (never listed, cleaned up)
   WORKDIR/metrics.jsonl         one JSON object per logged step, only appended to; after a crash a step may appear
@@ -22,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxfin.errors import UserError
-from jaxfin.io.files import write_json
+from jaxfin.io.files import read_json, write_json
 from jaxfin.model import lora as lora_lib
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.lora import LoraConfig
@@ -42,15 +43,17 @@ def is_workdir(path: str) -> bool:
 
 
 def write_run(workdir: str, *, base_model: str, base_model_name_or_path: str, model_config: ModelConfig,
-              lora_config: LoraConfig, config: dict[str, Any], merged_base: bool = False) -> None:
+              lora_config: LoraConfig, config: dict[str, Any], merged_base: bool = False, **extra: Any) -> None:
     """Writes run.json (atomically: a rename, so a reader never sees half a file). `merged_base`: the adapters
-    that came with `base_model` are merged into the base these checkpoints train on (MERGED_BASE)."""
+    that came with `base_model` are merged into the base these checkpoints train on (MERGED_BASE). `extra`:
+    further top-level fields (base_fingerprint: io/fingerprint.of the base; total_steps: the run's planned length)."""
     record = {
         "base_model": os.path.abspath(base_model) if os.path.isdir(base_model) else base_model,
         "base_model_name_or_path": base_model_name_or_path,
         "model_config": dataclasses.asdict(model_config),
         "lora_config": lora_config.to_dict(),
         "config": config,
+        **extra,
     } | ({MERGED_BASE: True} if merged_base else {})
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, RUN_JSON), record)
@@ -58,13 +61,9 @@ def write_run(workdir: str, *, base_model: str, base_model_name_or_path: str, mo
 
 def read_run(workdir: str) -> dict[str, Any]:
     path = os.path.join(workdir, RUN_JSON)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{workdir}: not a training workdir (no {RUN_JSON})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not os.path.isfile(path):
+        raise UserError(f"{workdir}: not a training workdir (no {RUN_JSON})")
+    return read_json(path)  # not JSON / not UTF-8: one line naming the file
 
 
 def open_metrics(workdir: str) -> Any:
@@ -86,7 +85,9 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
     The file is only ever appended to. A run that was killed may have logged steps after its last checkpoint;
     the resumed run logs those steps again (same values on the same hardware), so for each step the LAST row
-    wins. Lines that are not JSON (a write torn by a kill) are skipped."""
+    wins, key by key: an evaluation's row {"step", "eval": {...}} joins the training row of its step (step 0:
+    the evaluation before training, eval.baseline, has no training fields). Lines that are not JSON (a write torn
+    by a kill) are skipped."""
     rows: dict[int, dict[str, Any]] = {}
     with open(os.path.join(workdir, METRICS)) as f:
         for line in f:
@@ -95,7 +96,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int):
-                rows[row["step"]] = row
+                rows[row["step"]] = {**rows.get(row["step"], {}), **row}
     return [rows[k] for k in sorted(rows)]
 
 

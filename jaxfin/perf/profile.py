@@ -191,6 +191,12 @@ def result_path(out: str, device: str, model: str) -> str:
     return os.path.join(out, f"{re.sub(r'[^a-z0-9.]+', '-', device.lower()).strip('-')}_{model}.json")
 
 
+def output_path(config: Any, opts: Any) -> str:
+    """The file --out names for this config and device (result_path), known before anything is timed."""
+    devices = jax.devices()[: opts.devices or None]
+    return result_path(opts.out, devices[0].device_kind, resolve_model(config.model.path)[0])
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 

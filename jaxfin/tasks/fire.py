@@ -134,13 +134,29 @@ def pairs(entities: Mapping[str, Any] | None) -> set[Pair]:
     return out
 
 
+_EDGES = re.compile(r"(\W*)(.*?)(\W*)", re.S)
+
+
+def seqeval_tokens(text: str) -> list[str]:
+    """The tokens seqeval places mentions on: whitespace tokens with the punctuation at their edges split off, one
+    character each (`fiscal 2024.` -> fiscal, 2024, .), so a mention followed by a full stop or comma inside its
+    whitespace token can be placed. Punctuation inside a token stays (U.S, 1.5, Apple's), and text that is already
+    tokenised with punctuation apart (FIRE's) tokenises as before."""
+    out: list[str] = []
+    for word in ner.normalize_mention(text).split():
+        lead, core, trail = _EDGES.fullmatch(word).groups()
+        out += [*lead, *([core] if core else []), *trail]
+    return out
+
+
 def iob2_tags(tokens: Sequence[str], entity_pairs: set[Pair]) -> tuple[list[str], list[Pair]]:
-    """IOB2 tags placing every occurrence of every mention on the token sequence, longer mentions first, never
-    over an already tagged token; returns (tags, mentions that found no free occurrence)."""
+    """IOB2 tags placing every occurrence of every mention (tokenised by seqeval_tokens) on the token sequence,
+    longer mentions first, never over an already tagged token; returns (tags, mentions that found no free
+    occurrence)."""
     tags = ["O"] * len(tokens)
     unplaced = []
-    for t, m in sorted(entity_pairs, key=lambda p: (-len(p[1].split()), -len(p[1]), p)):
-        words, placed = m.split(), False
+    for t, m in sorted(entity_pairs, key=lambda p: (-len(seqeval_tokens(p[1])), -len(p[1]), p)):
+        words, placed = seqeval_tokens(m), False
         k = len(words)
         for i in range(len(tokens) - k + 1):
             if tokens[i:i + k] == words and all(tag == "O" for tag in tags[i:i + k]):
@@ -157,7 +173,7 @@ def _seqeval(gold_examples: Sequence[Mapping], gold_sets: list[set[Pair]], pred_
 
     y_true, y_pred = [], []
     for ex, g, p in zip(gold_examples, gold_sets, pred_sets):
-        tokens = ner.normalize_mention(ex["text"]).split()
+        tokens = seqeval_tokens(ex["text"])
         y_true.append(iob2_tags(tokens, g)[0])
         y_pred.append(iob2_tags(tokens, p)[0])
     with warnings.catch_warnings():  # numpy's "mean of empty slice" when no entity exists at all
@@ -217,7 +233,7 @@ def details(example: Mapping, entities: Entities | None) -> dict[str, Any]:
     [type, mention] lists, and the gold / predicted mentions seqeval could not place in the text (no free
     occurrence on token boundaries)."""
     g, p = pairs(example["entities"]), pairs(entities)
-    tokens = ner.normalize_mention(example["text"]).split()
+    tokens = seqeval_tokens(example["text"])
     return {"entities": entities, "fp": sorted(map(list, p - g)), "fn": sorted(map(list, g - p)),
             "unplaced_gold": sorted(map(list, iob2_tags(tokens, g)[1])),
             "unplaced_pred": sorted(map(list, iob2_tags(tokens, p)[1]))}
@@ -238,6 +254,12 @@ def from_row(task: Task, row: Mapping[str, Any], where: str) -> Entities | None:
     return None if entities is None else entities_from_json(entities)
 
 
+def seqeval_f1(seq: Mapping, entity_type: str) -> float | None:
+    """seqeval's F1 of a type, None when none of its gold mentions could be placed (nothing to score)."""
+    r = seq["per_type"].get(entity_type)
+    return None if not r or not r.get("support") else r["f1"]
+
+
 def chart(metrics: Mapping) -> Any:
     """Horizontal bars of per-type F1, entity-level beside seqeval (a matplotlib Figure)."""
     types = list(metrics["per_type"])
@@ -245,7 +267,7 @@ def chart(metrics: Mapping) -> Any:
     fig = figures.figure(figsize=(7, 1.2 + 0.45 * max(len(types), 1)))
     ax = fig.add_subplot()
     ent = [metrics["per_type"][t]["f1"] for t in types]
-    seq = [metrics["seqeval"]["per_type"].get(t, {}).get("f1", 0.0) for t in types]
+    seq = [seqeval_f1(metrics["seqeval"], t) or 0.0 for t in types]
     ax.barh(y - 0.2, ent, height=0.4, label="entity F1", color="#3b6ea8")
     ax.barh(y + 0.2, seq, height=0.4, label="seqeval F1", color="#a8a8a8")
     for i, t in enumerate(types):
@@ -276,13 +298,16 @@ def report(metrics: Mapping, rows: Sequence[Mapping]) -> list[str]:
         "| type | support | precision | recall | F1 | seqeval F1 |", "|---|---:|---:|---:|---:|---:|",
     ]
     for t, v in m["per_type"].items():
-        sf = seq["per_type"].get(t, {}).get("f1", 0.0)
-        lines.append(f"| {t} | {v['support']} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {sf:.4f} |")
+        sf = seqeval_f1(seq, t)
+        lines.append(f"| {t} | {v['support']} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                     f"{'n/a' if sf is None else f'{sf:.4f}'} |")
     n_gold, n_pred = (sum(len(r[k]) for r in rows) for k in ("unplaced_gold", "unplaced_pred"))
     lines += ["", "Entity scores compare sets of (type, mention) per example, mentions NFKC-normalised with whitespace "
-              "collapsed, case kept. seqeval scores IOB2 tags of the mentions placed on the whitespace tokens of "
-              f"the text; {n_gold} gold and {n_pred} predicted mentions had no free occurrence there, so they count "
-              "only in the entity scores (a predicted mention absent from the text is a FP there, unseen by seqeval)."]
+              "collapsed, case kept. seqeval scores IOB2 tags of the mentions placed on the tokens of the text "
+              "(whitespace tokens with the punctuation at their edges split off); "
+              f"{n_gold} gold and {n_pred} predicted mentions had no free occurrence there, so they count "
+              "only in the entity scores (a predicted mention absent from the text is a FP there, unseen by seqeval); "
+              "n/a: no gold mention of the type could be placed, so seqeval has nothing to score it on."]
     for name, key in (("false positives", "fp"), ("false negatives", "fn")):
         common = collections.Counter(tuple(e) for r in rows for e in r[key]).most_common(10)
         if common:

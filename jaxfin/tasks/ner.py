@@ -242,3 +242,24 @@ def entity_types(examples: Iterable[Mapping]) -> list[str]:
         for t in ex["entities"]:
             seen.setdefault(t, None)
     return list(seen)
+
+
+def warn_type_mismatch(trained: Sequence[str], examples: Sequence[Mapping], where: str) -> None:
+    """One warning line when evaluation data name other entity types than the model was trained on: its mentions
+    of an untrained type are never asked for (they count only as misses), and a trained type it lacks scores
+    nothing. Counts of types and gold mentions; silent when the types agree."""
+    have = entity_types(examples)
+    extra = [t for t in have if t not in trained]
+    absent = [t for t in trained if t not in have]
+    if not extra and not absent:
+        return
+    mentions = sum(len(ex["entities"].get(t) or ()) for ex in examples for t in extra)
+    total = sum(len(v or ()) for ex in examples for v in ex["entities"].values())
+    parts = []
+    if extra:
+        parts.append(f"{len(extra)} of its {len(have)} entity types are not among the {len(trained)} the model was "
+                     f"trained on ({', '.join(extra)}: {mentions} of {total} gold mentions, never asked for, count "
+                     f"as misses)")
+    if absent:
+        parts.append(f"{len(absent)} trained types do not occur in it ({', '.join(absent)})")
+    warnings.warn(f"{where}: " + "; ".join(parts), stacklevel=2)

@@ -31,6 +31,9 @@ def lora() -> ConfigDict:
     c.model.remat = "full"  # jax.checkpoint policy per layer: none | full | dots | dots_all
     # jax.nn.dot_product_attention implementation: unset = XLA picks; "xla"; "cudnn" (GPU flash attention)
     c.model.attention_impl = config_dict.placeholder(str)
+    # Resuming a workdir on other base weights than it was trained on (run.json's fingerprint) is refused; true
+    # continues its adapters on the new base anyway.
+    c.model.allow_base_change = False
 
     c.data = ConfigDict()
     # The tasks trained on, comma-separated (jaxfin.tasks registry: fire, fpb, fiqasa, headlines, finben_ner,

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from jaxfin import tasks
+from jaxfin import tasks, validate
 from jaxfin.data import batches, pairs as pairs_lib, preference_batches
 from jaxfin.errors import UserError
 from jaxfin.io import workdir

@@ -1,5 +1,6 @@
 """The training log: metrics.jsonl (appended, never rewritten; see io/workdir.read_metrics), TensorBoard scalars
-and the tqdm bar, with the count of steps the NaN/Inf guard skipped."""
+and the tqdm bar, with the count of steps the NaN/Inf guard skipped; evaluation scores go to both as well
+(log_eval: a row {"step", "eval": {...}} and scalars eval/<metric>)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 from typing import Any
 
 import jax
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from jaxfin.io import workdir
+from jaxfin.io.files import writing
 
 
 class MetricsLog:
@@ -28,8 +31,6 @@ class MetricsLog:
         self.bar = tqdm(total=total, initial=first, desc="train", unit="step", dynamic_ncols=True)
         self.jsonl = workdir.open_metrics(wd) if self.main else None
         if self.main:
-            from tensorboardX import SummaryWriter
-
             # A resumed run re-logs the steps after its checkpoint: TensorBoard hides the older events from
             # step first + 1 on, so the curve has no doubled stretch.
             self.tb = SummaryWriter(os.path.join(wd, "tb"), purge_step=first + 1 if first else None)
@@ -59,8 +60,9 @@ class MetricsLog:
         self.bar.set_postfix(loss="nan" if row["loss"] is None else f"{row['loss']:.4f}",
                              tok_s=f"{row['tokens_per_sec']:.0f}")
         if self.main:
-            self.jsonl.write(json.dumps(row) + "\n")
-            self.jsonl.flush()
+            with writing(self.jsonl.name):
+                self.jsonl.write(json.dumps(row) + "\n")
+                self.jsonl.flush()
             for k, v in row.items():
                 if k != "step" and v is not None:
                     self.tb.add_scalar(f"train/{k}", v, n)
@@ -71,3 +73,36 @@ class MetricsLog:
         if self.main:
             self.jsonl.close()
             self.tb.close()
+
+
+def eval_scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scores of an evaluation worth a curve: every top-level number, intervals ([lo, hi] under *_ci95), and
+    the numbers one level down (seqeval's micro / macro F1 as seqeval_micro_f1, ...)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+        elif k.endswith("_ci95") and isinstance(v, (list, tuple)) and len(v) == 2:
+            out[k] = [float(x) for x in v]
+        elif isinstance(v, dict) and k != "baseline":
+            out.update({f"{k}_{kk}": vv for kk, vv in v.items()
+                        if isinstance(vv, (int, float)) and not isinstance(vv, bool)})
+    return out
+
+
+def log_eval(wd: str, step: int, metrics: dict[str, Any]) -> None:
+    """An evaluation at `step` (0: before training) into metrics.jsonl, as {"step", "eval": scores}, and into
+    TensorBoard as eval/<metric> (the interval as eval/<metric>_lo and _hi). Process 0 only."""
+    if jax.process_index() != 0:
+        return
+    scores = eval_scalars(metrics)
+    with workdir.open_metrics(wd) as f, writing(f.name):
+        f.write(json.dumps({"step": step, "eval": scores}) + "\n")
+    tb = SummaryWriter(os.path.join(wd, "tb"))
+    for k, v in scores.items():
+        if isinstance(v, list):
+            tb.add_scalar(f"eval/{k}_lo", v[0], step)
+            tb.add_scalar(f"eval/{k}_hi", v[1], step)
+        elif math.isfinite(v):
+            tb.add_scalar(f"eval/{k}", v, step)
+    tb.close()

@@ -39,6 +39,8 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
+            os.write(2, f"\n{signal.Signals(signum).name} again: stopping at once without saving; a checkpoint being "
+                        f"written is left incomplete and ignored, the run resumes from the last complete one\n".encode())
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

@@ -13,15 +13,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxfin.errors import UserError
+from jaxfin.errors import UserError, out_of_memory
 from jaxfin.evaluation import predict, report
-from jaxfin.io import store, workdir
+from jaxfin.io import fingerprint, store, workdir
 from jaxfin.io.files import read_json
 from jaxfin.model import decoder, lora as lora_lib
 from jaxfin.model.config import ATTENTION_IMPLS, ModelConfig
 from jaxfin.model.params import Params
 from jaxfin.tasks.base import Example, Task
-from jaxfin.training import distributed, sharding
+from jaxfin.training import distributed, log, sharding
 from jaxfin.training.loop import State
 
 
@@ -56,7 +56,10 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
 def load_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh) -> store.Model:
     """The model of `path` with its base weights read straight into their shards, the runtime fields (remat,
     attention) of the config applied."""
-    model = store.load(path, dtype=config.model.dtype, shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
+    with out_of_memory(f"the base model in model.dtype={config.model.dtype} on {mesh.size} devices",
+                       "model.dtype (bfloat16) or spread it over more devices (mesh.fsdp, mesh.tensor)"):
+        model = store.load(path, dtype=config.model.dtype,
+                           shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
     cfg = model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl)
     if model.tokenizer_dir is None:
         raise UserError(f"model.path={path}: the model has no tokenizer files")
@@ -73,6 +76,49 @@ def check_model_adapters(path: str, have: lora_lib.LoraConfig, want: lora_lib.Lo
         raise UserError(f"model.path={path} has LoRA adapters with " + ", ".join(f"lora.{k}={show(have, k)}" for k in
                         keys) + " but the config asks for " + ", ".join(f"lora.{k}={show(want, k)}" for k in keys) +
                         "; set " + " ".join(f"--config.lora.{k}={show(have, k)}" for k in keys) + " to train them")
+
+
+def resuming(wd: str) -> bool:
+    """Whether the workdir has a checkpoint to resume from (its adapters were trained already)."""
+    return workdir.is_workdir(wd) and workdir.latest_step(wd) is not None
+
+
+def check_base(wd: str, model_path: str, config: ml_collections.ConfigDict) -> str:
+    """The fingerprint of model.path's weights (recorded in run.json); resuming a workdir whose adapters were
+    trained on other weights is refused, before the model is loaded, unless model.allow_base_change."""
+    fp = fingerprint.of(model_path)
+    if not resuming(wd):
+        return fp
+    run = workdir.read_run(wd)
+    old = run.get("base_fingerprint")
+    if old is None or old == fp:  # None: a workdir from before fingerprints, nothing to compare
+        return fp
+    what = (f"{wd}: its adapters were trained on {run['base_model']} (fingerprint {old[:12]}), but model.path="
+            f"{model_path} holds other weights (fingerprint {fp[:12]})")
+    if not config.get("model", {}).get("allow_base_change", False):
+        raise UserError(f"{what}; use a new workdir, or set --config.model.allow_base_change=true to continue "
+                        f"these adapters on the new base")
+    print(f"note: {what}; continuing on the new base (model.allow_base_change)")
+    return fp
+
+
+def note_schedule_change(wd: str, config: ml_collections.ConfigDict, total: int) -> None:
+    """Resuming with another length (train.steps raised on a finished run) or another optim.decay_steps changes
+    the learning-rate schedule of the remaining steps: said once, at start."""
+    if not resuming(wd):
+        return
+    run = workdir.read_run(wd)
+    old_total = run.get("total_steps") or run.get("config", {}).get("train", {}).get("steps") or 0
+    old_decay = run.get("config", {}).get("optim", {}).get("decay_steps") or old_total
+    decay = config.optim.decay_steps or total
+    if not old_total or old_decay == decay:
+        return
+    start = workdir.latest_step(wd)
+    why = (f"the run was planned for {old_total} steps and now goes to {total}, and optim.decay_steps=0 makes the "
+           f"cosine decay span the whole run" if not config.optim.decay_steps else
+           f"optim.decay_steps is {config.optim.decay_steps}, the run was trained with a decay over {old_decay}")
+    print(f"note: the learning-rate schedule changes from step {start + 1} on: {why} ({decay} steps instead of "
+          f"{old_decay}); set --config.optim.decay_steps={old_decay} to keep the original schedule")
 
 
 def check_resume(wd: str, mcfg: ModelConfig, lcfg: lora_lib.LoraConfig) -> None:
@@ -121,13 +167,16 @@ def evaluate(out_dir: str, model: store.Model, adapters: Params, lcfg: lora_lib.
     before training, shown beside this one."""
     m = dataclasses.replace(model, lora=adapters, lora_config=lcfg)
     mesh = jax.tree.leaves(adapters)[0].sharding.mesh  # the training mesh: decode rows split over all its processes
-    outputs = predict.generate(m, task, examples, max_new_tokens=config.eval.max_new_tokens,
-                               batch_size=config.eval.batch_size, mesh=mesh)
+    with out_of_memory(f"evaluation decoding (eval.batch_size={config.eval.batch_size}, eval.max_new_tokens="
+                       f"{config.eval.max_new_tokens})", "eval.batch_size or eval.max_new_tokens"):
+        outputs = predict.generate(m, task, examples, max_new_tokens=config.eval.max_new_tokens,
+                                   batch_size=config.eval.batch_size, mesh=mesh, verbose=jax.process_index() == 0)
     metrics, rows = predict.score(task, examples, outputs)
     if jax.process_index() == 0:
         meta = {"workdir": config.workdir, "step": str(step), "data": data,
                 "max_new_tokens": str(config.eval.max_new_tokens)}
         report.write(out_dir, task, metrics, rows, meta=meta, baseline=baseline)
+        log.log_eval(config.workdir, step, metrics)
     print(f"eval step {step}: {report.summary_line(task.name, metrics)} -> {out_dir}")
     return metrics
 

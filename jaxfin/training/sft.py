@@ -16,11 +16,12 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from jaxfin import synthetic
+from jaxfin import synthetic, validate
 from jaxfin.data import batches, chat, packing
-from jaxfin.errors import UserError
-from jaxfin.io import workdir
+from jaxfin.errors import UserError, out_of_memory
+from jaxfin.io import files, workdir
 from jaxfin.model import neftune
+from jaxfin.tasks import ner
 from jaxfin.training import distributed, loop, losses, multitask, session, sharding, step
 
 
@@ -56,39 +57,45 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     this run, "eval": final eval metrics or None}, plus "stopped": the exit code when SIGTERM / SIGINT stopped it
     early (after saving checkpoint "step"). Starts from the adapters of model.path when it has some (a jaxfin
     checkpoint, e.g. an imported PEFT adapter) and the workdir has no checkpoint yet."""
+    validate.check(config)  # every key, and that the workdir can be written: before anything is read or loaded
     wd = config.workdir
-    lcfg = session.lora_config(config)  # config errors first, before anything is written or loaded
+    lcfg = session.lora_config(config)
     hp = sft_config(config, lcfg)
     mesh = session.make_mesh(config, devices)
     B, A = config.train.batch_size, config.train.grad_accum_steps
 
-    # Inputs are checked before the workdir is created, so a mistake leaves nothing behind; the data before the
-    # model, so a bad line fails in a second rather than after minutes of loading weights.
+    # Inputs are checked before the workdir is created, so a mistake leaves nothing behind (the tiny assets, if
+    # this run wrote them, are removed again); the data before the model, so a bad line fails in a second rather
+    # than after minutes of loading weights.
     names = multitask.task_names(config)
-    model_path, train_path, eval_path = assets(config)
-    sets, types = multitask.train_sets(names, train_path, config.data)
-    task, train_examples = sets[0]
-    jobs = multitask.eval_jobs(names, eval_path, types, config.eval.max_examples)
-    # fire alone: its evaluation in WORKDIR/eval/ (as before multi-task runs); else WORKDIR/eval/NAME/ per task.
-    eval_examples = jobs[0].examples if jobs and names == ["fire"] else []
-    suite_jobs = [] if names == ["fire"] else jobs
-    if len(names) > 1:
-        hp = dataclasses.replace(hp, task_names=tuple(names))
-    model = session.load_model(config, model_path, mesh)
-    if model.lora is not None:
-        session.check_model_adapters(model_path, model.lora_config, lcfg)
-    tokenizer = model.tokenizer()
-    if len(names) == 1:
-        encoded = chat.encode_task(task, train_examples, tokenizer, eos_ids=model.eos_ids)
-        packed = packing.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
-        total = config.train.steps or config.train.epochs * batches.steps_per_epoch(packed.num_rows, B)
-    else:
-        stream = multitask.make_stream(sets, tokenizer, model.eos_ids, config)
-        total = stream.total
-    if total < 1:
-        raise UserError("train.steps and train.epochs are both 0: nothing to train")
-    if config.train.max_nonfinite_steps < 0:
-        raise UserError(f"train.max_nonfinite_steps={config.train.max_nonfinite_steps}: must be >= 0 (0: never stop)")
+    with files.removed_on_error(os.path.join(wd, "assets")):
+        model_path, train_path, eval_path = assets(config)
+        sets, types = multitask.train_sets(names, train_path, config.data)
+        task, train_examples = sets[0]
+        jobs = multitask.eval_jobs(names, eval_path, types, config.eval.max_examples)
+        # fire alone: its evaluation in WORKDIR/eval/ (as before multi-task runs); else WORKDIR/eval/NAME/ per task.
+        eval_examples = jobs[0].examples if jobs and names == ["fire"] else []
+        suite_jobs = [] if names == ["fire"] else jobs
+        if len(names) > 1:
+            hp = dataclasses.replace(hp, task_names=tuple(names))
+        for job in jobs:
+            if job.task.name == "fire":
+                ner.warn_type_mismatch(types, job.examples, f"data.eval={config.data.eval or eval_path}")
+        base_fingerprint = session.check_base(wd, model_path, config)
+        model = session.load_model(config, model_path, mesh)
+        if model.lora is not None:
+            session.check_model_adapters(model_path, model.lora_config, lcfg)
+        tokenizer = model.tokenizer()
+        if len(names) == 1:
+            encoded = chat.encode_task(task, train_examples, tokenizer, eos_ids=model.eos_ids)
+            packed = packing.pack(encoded, config.train.seq_len, pad_id=tokenizer.pad_token_id or 0)
+            total = config.train.steps or config.train.epochs * batches.steps_per_epoch(packed.num_rows, B)
+        else:
+            stream = multitask.make_stream(sets, tokenizer, model.eos_ids, config)
+            total = stream.total
+        if total < 1:
+            raise UserError("train.steps and train.epochs are both 0: nothing to train")
+    session.note_schedule_change(wd, config, total)
 
     tx, schedule = step.make_optimizer(config.optim, total)
     sh = sharding.train_shardings(model.cfg, lcfg, tx, mesh)
@@ -102,7 +109,8 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     if jax.process_index() == 0:
         workdir.write_run(wd, base_model=model.source or model_path,
                           base_model_name_or_path=model.base_model_name_or_path or model_path,
-                          model_config=model.cfg, lora_config=lcfg, config={**config.to_dict(), "entity_types": types})
+                          model_config=model.cfg, lora_config=lcfg, config={**config.to_dict(), "entity_types": types},
+                          base_fingerprint=base_fingerprint, total_steps=total)
 
     data = str(config.data.eval or "tiny eval set")
     evaluate = functools.partial(_evaluate_at, model=model, lcfg=lcfg, task=task, examples=eval_examples,
@@ -126,8 +134,12 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
         zero_shot = session.baseline(wd, model, state, lcfg, task, eval_examples, config, data)
     elif suite_jobs and config.eval.baseline:
         zero_shot = multitask.baseline(wd, model, state, lcfg, suite_jobs, config)
-    result = loop.run(state, step_fn=step_fn, base=base, batch_at=batch_at, wd=wd, mngr=mngr, plan=plan,
-                      evaluate=evaluate)
+    fit = f"the training step (train.batch_size={B} / train.grad_accum_steps={A} rows x train.seq_len=" \
+          f"{config.train.seq_len} tokens, model.remat={config.model.remat}, {mesh.size} devices)"
+    with out_of_memory(fit, "train.batch_size or train.seq_len, raise train.grad_accum_steps, set model.remat=full, "
+                            "or spread the model over more devices (mesh.fsdp)"):
+        result = loop.run(state, step_fn=step_fn, base=base, batch_at=batch_at, wd=wd, mngr=mngr, plan=plan,
+                          evaluate=evaluate)
     if result.stopped is not None:
         return {"step": result.state.step, "metrics": result.rows, "eval": None, "stopped": result.stopped}
     final = None

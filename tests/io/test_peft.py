@@ -397,3 +397,32 @@ def test_dora_adapter_refused_by_the_cli(base_dir, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "use_dora=true: DoRA (weight-decomposed LoRA) is not supported" in last
     assert "Traceback" not in proc.stderr and not (tmp_path / "ckpt").exists()
+
+
+def test_unknown_target_module_is_named(assets, tmp_path, capsys):
+    """Issue 16: a target module the model does not have is named: an error when nothing else is targeted, a
+    warning (PEFT ignores it too) beside real targets."""
+    from jaxfin.errors import run_cli
+
+    def run(targets):
+        adapter = tmp_path / "adapter"
+        adapter.mkdir(exist_ok=True)
+        (adapter / peft_io.CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                               "target_modules": targets}))
+        save_file({"x": np.zeros(1, np.float32)}, str(adapter / peft_io.WEIGHTS_NAME))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli(convert.main, ["to-jax", "--hf-dir", assets.model, "--peft-adapter", str(adapter), "--out",
+                                   str(tmp_path / "ckpt")])
+        err = capsys.readouterr().err.splitlines()  # the import progress bar, then the lines that matter
+        return e.value.code, [line for line in err if line.startswith(("error: ", "warning: "))]
+
+    where = tmp_path / "adapter" / peft_io.CONFIG_NAME
+    code, lines = run(["foo_proj"])
+    assert code == 2 and lines == [f"error: {where}: target_modules names 'foo_proj', which is no module of this "
+                                   f"model; the modules LoRA can adapt here are {', '.join(LORA_TARGETS)}"], lines
+    code, lines = run(["q_proj", "foo_proj"])
+    assert code == 2 and lines[0] == (f"warning: {where}: target_modules names 'foo_proj', which is no module of this "
+                                      f"model; ignored, as PEFT does (the adapter has no weights for it)"), lines
+    assert lines[1].startswith("error: ") and "missing tensor" in lines[1] and len(lines) == 2
+    assert not (tmp_path / "ckpt").exists()

@@ -100,7 +100,7 @@ def test_failed_export_leaves_nothing(hf_dir, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(st_io.Writer, "write", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"/out: cannot write: No space left on device$"):  # one line naming --out
         hf_io.save_hf(tmp_path / "out", model.params, model.cfg, hf_config=model.hf_config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]

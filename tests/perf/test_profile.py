@@ -110,6 +110,7 @@ def test_random_batch_is_packed():
 
 def test_cli_end_to_end_on_tiny(tmp_path, capsys):
     out = tmp_path / "results" / "cpu_tiny.json"  # --out FOLDER/ names the file <device>_<model>.json
+    out.parent.mkdir()  # an output's folder must exist (it is not created for you)
     argv = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--random-weights",
             "--config.train.batch_size=2", "--config.train.seq_len=64", "--steps", "2", "--warmup", "1",
             "--decode-prompt-len", "8", "--decode-new-tokens", "4", "--decode-runs", "1", "--devices", "1",

@@ -245,3 +245,87 @@ def test_model_cli_path(tiny, tmp_path):
     assert [r["id"] for r in rows] == [ex["id"] for ex in gold[:3]]
     assert all(r["finish_reason"] in ("stop", "length") for r in rows)
     assert f"- model: `{assets.model}`" in (out / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Issue 16: seqeval tokens split edge punctuation (FIRE unchanged), n/a for a type with nothing placeable, and a
+# warning when evaluation data name other entity types than the model was trained on.
+
+
+def test_seqeval_places_a_mention_before_a_full_stop():
+    assert fire.seqeval_tokens('Revenue rose in fiscal 2024. ("U.S." sales)') == \
+        ["Revenue", "rose", "in", "fiscal", "2024", ".", "(", '"', "U.S", ".", '"', "sales", ")"]
+    gold = [{"id": "1", "text": "Revenue rose in fiscal 2024.", "entities": {"Date": ["fiscal 2024"]}}]
+    m, rows = _score(gold, [{"entities": {"Date": ["fiscal 2024"]}}])
+    assert rows[0]["unplaced_gold"] == [] and m["seqeval"]["per_type"]["Date"]["support"] == 1
+    assert m["seqeval"]["micro_f1"] == 1.0
+
+
+def test_fire_dev_seqeval_is_unchanged_by_the_tokeniser(monkeypatch):
+    """FIRE's text is already tokenised with punctuation apart: splitting edge punctuation changes no score."""
+    gold = ner.load_examples(DEV)
+    rng = np.random.default_rng(0)
+    preds = []
+    for ex in gold:  # gold with mentions dropped, retyped or truncated to a word: a realistic mix
+        p = {}
+        for t, ms in ex["entities"].items():
+            for mention in ms or ():
+                r = rng.random()
+                key = t if r < 0.7 else "Company" if r < 0.85 else t
+                p.setdefault(key, []).append(mention.split()[0] if 0.85 <= r < 0.95 else mention)
+        preds.append({"entities": p})
+    new, new_rows = _score(gold, preds, fire.TYPES)
+    monkeypatch.setattr(fire, "seqeval_tokens", lambda s: ner.normalize_mention(s).split())  # the old tokens
+    old, old_rows = _score(gold, preds, fire.TYPES)
+    assert new["seqeval"] == old["seqeval"] and new["seqeval"]["micro_f1"] > 0.5
+    assert [r["unplaced_gold"] for r in new_rows] == [r["unplaced_gold"] for r in old_rows]
+
+
+def test_a_type_with_nothing_placeable_reads_n_a():
+    gold = [{"id": "1", "text": "Timothy Cook joined Apple .", "entities": {"Company": ["Apple"], "Person": ["Tim"]}}]
+    m, rows = _score(gold, [{"entities": {"Company": ["Apple"], "Person": ["Tim"]}}])
+    table = fire.report(m, rows)
+    assert [line for line in table if line.startswith("| Person |")] == ["| Person | 1 | 1.0000 | 1.0000 | 1.0000 | n/a |"]
+    assert [line for line in table if line.startswith("| Company |")][0].endswith("| 1.0000 |")
+
+
+def test_other_entity_types_warn_once_with_counts():
+    data = [{"id": "1", "text": "Acme hired Bob in Paris .",
+             "entities": {"ORG": ["Acme"], "PER": ["Bob"], "LOC": ["Paris"], "Company": ["Acme"]}}]
+    with pytest.warns(UserWarning) as caught:
+        ner.warn_type_mismatch(["Company", "Person", "Location"], data, "--data eval.jsonl")
+    assert [str(w.message) for w in caught] == [
+        "--data eval.jsonl: 3 of its 4 entity types are not among the 3 the model was trained on (ORG, PER, LOC: 3 "
+        "of 4 gold mentions, never asked for, count as misses); 2 trained types do not occur in it (Person, Location)"]
+
+
+def _cli_lines(main, argv, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        errors.run_cli(main, argv)
+    return e.value.code, capsys.readouterr().err.splitlines()
+
+
+def test_type_mismatch_warns_in_evaluate_and_train(assets, tmp_path, capsys, monkeypatch):
+    other = write_jsonl(tmp_path / "eval.jsonl", [{"id": "1", "text": "Acme rose .", "entities": {"ORG": ["Acme"]}}])
+    trained = ner.entity_types(ner.load_examples(assets.train))
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "run.json").write_text(json.dumps({"config": {"entity_types": trained}}))  # not loadable: stops after
+    code, lines = _cli_lines(evaluate.main, ["--model", str(wd), "--data", other, "--out", str(tmp_path / "o")],
+                             capsys)
+    warning = (f"warning: --data {other}: 1 of its 1 entity types are not among the {len(trained)} the model was "
+               f"trained on (ORG: 1 of 1 gold mentions, never asked for, count as misses); {len(trained)} trained "
+               f"types do not occur in it ({', '.join(trained)})")
+    assert code == 2 and lines[0] == warning and lines[1].startswith("error: ") and len(lines) == 2, lines
+    from jaxfin import train
+    from jaxfin.training import session
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped before the model")
+    monkeypatch.setattr(session, "check_base", stop)
+    argv = [f"--config.workdir={tmp_path / 'run'}", f"--config.model.path={assets.model}",
+            f"--config.data.train={assets.train}", f"--config.data.eval={other}"]
+    code, lines = _cli_lines(train.main, argv, capsys)  # the embedded tiny config with these paths
+    assert code == 2 and lines == [warning.replace(f"--data {other}", f"data.eval={other}"),
+                                   "error: stopped before the model"], lines

@@ -140,8 +140,16 @@ def straight(assets, tmp_path_factory):
 
 def test_run_writes_workdir_and_loss_falls(assets, straight):
     wd, out = straight
-    rows = _logged(wd)
+    logged = _logged(wd)
+    rows = [r for r in logged if "eval" not in r]
     assert [r["step"] for r in rows] == list(range(1, 2 * N + 1))
+    # Evaluations are rows of their own ({"step", "eval"}), joined to their step's row by read_metrics.
+    evals = [r for r in logged if "eval" in r]
+    assert [r["step"] for r in evals] == [N, 2 * N] and set(evals[0]) == {"step", "eval"}
+    assert {"micro_f1", "micro_f1_ci95", "seqeval_micro_f1", "parse_failure_rate"} <= set(evals[-1]["eval"])
+    assert evals[-1]["eval"]["micro_f1"] == out["eval"]["micro_f1"]
+    merged = workdir.read_metrics(str(wd))
+    assert merged[N - 1]["loss"] == rows[N - 1]["loss"] and merged[N - 1]["eval"] == evals[0]["eval"]
     assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "nonfinite_steps"}
     losses = [r["loss"] for r in rows]
     assert np.mean(losses[-N // 2:]) < 0.7 * np.mean(losses[: N // 2])  # last vs first quarter
@@ -167,7 +175,7 @@ def test_resume_continues_the_loss_curve(assets, straight, tmp_path):
     assert workdir.latest_step(str(tmp_path)) == N
     out = sft.run(_config(assets, tmp_path, 2 * N))
     assert [r["step"] for r in out["metrics"]] == list(range(N + 1, 2 * N + 1))
-    resumed, want = _logged(tmp_path), _logged(straight[0])
+    resumed, want = _logged(tmp_path), [r for r in _logged(straight[0]) if "eval" not in r]  # training rows
     assert [r["step"] for r in resumed] == list(range(1, 2 * N + 1))  # appended, not rewritten
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in want], rtol=1e-6)
 
