@@ -96,7 +96,7 @@ def parsed_by(parse: Callable[[Any], Any]) -> Rule:
         try:
             parse(v)
         except UserError as e:
-            return f"is not valid ({str(e).split(': ', 1)[-1]})"
+            return f"is not valid ({e})"
         return None
     return rule
 

@@ -79,6 +79,7 @@ def run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None 
     """Trains (or resumes) per `config` on `devices` (default all); returns {"step", "metrics": logged rows of this
     run, "eval": {task: final metrics}, "baseline": {task: metrics of the model DPO started from}}, plus
     "stopped": the exit code when SIGTERM / SIGINT stopped it early (after saving checkpoint "step")."""
+    validate.check(config)  # every key, and that the workdir can be written: before anything is read or loaded
     wd = config.workdir
     lcfg = session.lora_config(config)  # config errors first, before anything is written or loaded
     hp = dpo_config(config, lcfg)
