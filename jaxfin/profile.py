@@ -14,6 +14,7 @@ from typing import Sequence
 
 from jaxfin import config_flags, errors
 from jaxfin.errors import UserError, run_cli
+from jaxfin.io import files
 from jaxfin.perf import profile
 from jaxfin.training import defaults
 
@@ -32,6 +33,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--decode-runs", type=int, default=3, help="timed decode runs per batch size (default 3)")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
     p.add_argument("--skip-peer", action="store_true", help="do not run transformers + peft")
+    p.add_argument("--skip-decode", action="store_true", help="do not time the decoder (its section is null)")
+    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="also time the train step with these config overrides (repeatable; e.g. "
+                        "model.remat=proj,model.lora_impl=fused): results under \"variants\"")
     opts = p.parse_args(rest)
     if not opts.random_weights:
         raise UserError("--random-weights is required: the profile times random weights at the config's shape "
@@ -43,14 +48,18 @@ def main(argv: Sequence[str]) -> int:
         raise UserError("--warmup and --devices must be >= 0")
     # Before JAX creates its GPU client: grow the pool on demand, so the peer can use the device first.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    result = profile.run(config, opts, profile.config_string(argv))
-    print(profile.table(result))
-    if opts.out:
+    written: list[str] = []
+
+    def write(result: dict) -> None:  # after each measurement, so a run cut short keeps what it measured
         path = profile.result_path(opts.out, result["device"], result["model"])
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+        files.write_text(path, json.dumps(result, indent=2) + "\n")
+        written[:] = [path]
+
+    result = profile.run(config, opts, profile.config_string(argv), on_update=write if opts.out else None)
+    print(profile.table(result))
+    if written:
+        print(f"wrote {written[0]}")
     return 0
 
 
