@@ -11,6 +11,7 @@ its pool on demand.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import os
@@ -223,8 +224,7 @@ def parse_variant(text: str) -> list[tuple[str, str]]:
 
 def variant_config(config: Any, pairs: list[tuple[str, str]]) -> Any:
     """A copy of `config` with the variant's overrides applied (unknown keys and bad values are UserErrors)."""
-    out = config.copy_and_resolve_references()
-    out.lock()
+    out = copy.deepcopy(config)  # keeps the field types (placeholders) that the overrides parse by
     for key, value in pairs:
         config_flags.override(out, key, value)
     return out
