@@ -8,9 +8,10 @@ random weights: tokens/s, MFU, decode roofline fraction, and transformers + peft
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 from jaxfin import config_flags, errors
 from jaxfin.errors import UserError, run_cli
@@ -19,7 +20,9 @@ from jaxfin.perf import profile
 from jaxfin.training import defaults
 
 
-def main(argv: Sequence[str]) -> int:
+def parse(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """(config, options) of the command line, checked; the variants' keys and values too (profile.check_variants),
+    so a mistake fails before anything runs."""
     config, rest = config_flags.parse_args(argv, defaults.tiny)
     p = errors.ArgumentParser(prog="python -m jaxfin.profile", description="Throughput, MFU and decode roofline "
                                 "of the train step and decoder at the config's model shape, beside transformers.")
@@ -46,6 +49,13 @@ def main(argv: Sequence[str]) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(opts, flag)}")
     if opts.warmup < 0 or opts.devices < 0:
         raise UserError("--warmup and --devices must be >= 0")
+    profile.model_config(config, profile.resolve_model(config.model.path)[1])
+    profile.check_variants(config, opts.variants)
+    return config, opts
+
+
+def main(argv: Sequence[str]) -> int:
+    config, opts = parse(argv)
     # Before JAX creates its GPU client: grow the pool on demand, so the peer can use the device first.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     written: list[str] = []

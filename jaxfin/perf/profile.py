@@ -230,6 +230,15 @@ def variant_config(config: Any, pairs: list[tuple[str, str]]) -> Any:
     return out
 
 
+def check_variants(config: Any, variants: Sequence[str]) -> list[tuple[str, Any, ModelConfig]]:
+    """(text, config, ModelConfig) per --variant, after every check: unknown keys and bad values are UserErrors."""
+    out = []
+    for text in variants:
+        vconfig = variant_config(config, parse_variant(text))
+        out.append((text, vconfig, model_config(vconfig, resolve_model(vconfig.model.path)[1])))
+    return out
+
+
 def model_config(config: Any, hf: dict) -> ModelConfig:
     """The ModelConfig of the config.json `hf` with the config's runtime fields, after the same checks as training."""
     session.check_model_keys(config)
@@ -281,8 +290,7 @@ def run(config: Any, opts: Any, config_string: str, on_update: Callable[[dict], 
     `on_update(result)` is called after the config's measurements and after each variant."""
     name, hf = resolve_model(config.model.path)
     cfg = model_config(config, hf)
-    variants = [(text, variant_config(config, parse_variant(text))) for text in opts.variants]
-    variant_cfgs = [model_config(vc, resolve_model(vc.model.path)[1]) for _, vc in variants]  # errors up front
+    variants = check_variants(config, opts.variants)
     if opts.devices > len(jax.devices()):
         raise UserError(f"--devices {opts.devices}: only {len(jax.devices())} devices are visible")
     devices = jax.devices()[: opts.devices or None]
@@ -357,7 +365,7 @@ def run(config: Any, opts: Any, config_string: str, on_update: Callable[[dict], 
     if on_update:
         on_update(result)
 
-    for (text, vconfig), vcfg in zip(variants, variant_cfgs):
+    for text, vconfig, vcfg in variants:
         print(f"variant {text}", file=sys.stderr)
         same_base = vcfg.architecture == cfg.architecture and vcfg.dtype == cfg.dtype
         entry: dict = {"variant": text, "overrides": dict(parse_variant(text))}
