@@ -142,15 +142,16 @@ def attention(B, T):
     cfg = ModelConfig(vocab_size=8, hidden_size=N * H, intermediate_size=8, num_layers=1, num_heads=N,
                       num_kv_heads=K, head_dim=H)
     pos = jnp.zeros((B, T), jnp.int32)
-    aux["xla_masking"] = decoder.attention_masking(pos, seg, None, cfg.replace(attention_impl="xla"))
-    aux["cudnn_masking"] = decoder.attention_masking(pos, seg, None, cfg.replace(attention_impl="cudnn"))
+    # Only arrays travel as jit arguments (Attention's is_causal is a Python bool, rebuilt inside)
+    aux["xla_mask"] = decoder.attention_masking(pos, seg, None, cfg.replace(attention_impl="xla")).mask
+    aux["seg_mask"] = decoder.attention_masking(pos, seg, None, cfg.replace(attention_impl="cudnn")).mask
     impls = {  # every array is a jit argument: closed-over arrays would become HLO constants
         "xla_mask (attention_impl=xla, the reference)": lambda q, k, v, a: decoder.attend(
-            q, k, v, a["xla_masking"], cfg.replace(attention_impl="xla")),
+            q, k, v, decoder.Attention(a["xla_mask"], False), cfg.replace(attention_impl="xla")),
         "cudnn_mask (the cudnn option before issue 17: dense bias, NO_MASK)": lambda q, k, v, a: dpa(
             q, k, v, mask=a["full"], implementation="cudnn"),
         "cudnn causal+segmask (attention_impl=cudnn now)": lambda q, k, v, a: decoder.attend(
-            q, k, v, a["cudnn_masking"], cfg.replace(attention_impl="cudnn")),
+            q, k, v, decoder.Attention(a["seg_mask"], True), cfg.replace(attention_impl="cudnn")),
         "cudnn_packed_causal (ragged offsets, jax._src only)": packed,
         "cudnn_causal_only (ignores packing)": lambda q, k, v, a: dpa(q, k, v, is_causal=True, implementation="cudnn"),
     }

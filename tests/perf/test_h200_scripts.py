@@ -57,17 +57,22 @@ def test_session_profile_command_parses(tmp_path, smoke):
     assert any("h200_probe.py" in " ".join(c) for c in commands)
 
 
-def test_probe_runs_a_case_on_cpu(tmp_path):
-    """PROBE_TINY=1 PROBE_CASES=H4_ce_chunk128: the cross-entropy case through losses.chunked_cross_entropy, both
-    backward precisions, in probe.json."""
-    env = {**os.environ, "OUT": str(tmp_path), "PROBE_TINY": "1", "PROBE_CASES": "H4_ce_chunk128",
+def test_probe_runs_cases_on_cpu(tmp_path):
+    """PROBE_TINY=1, two cases: the cross-entropy through losses.chunked_cross_entropy (both backward precisions)
+    and attention through decoder.attend (the cudnn form runs XLA on CPU: the reference's values; the cuDNN-only
+    forms report an error entry without stopping the probe)."""
+    env = {**os.environ, "OUT": str(tmp_path), "PROBE_TINY": "1", "PROBE_CASES": "H4_ce_chunk128,H1_attention_B16",
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "h200_probe.py")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads((tmp_path / "probe.json").read_text())
     case = r["H4_ce_chunk128"]
-    assert set(r) == {"jax", "devices", "H4_ce_chunk128"}
+    assert set(r) == {"jax", "devices", "H4_ce_chunk128", "H1_attention_B16_T1024"}
+    attn = r["H1_attention_B16_T1024"]
+    assert attn["xla_mask (attention_impl=xla, the reference)"]["fwd_bwd_ms"] > 0, attn
+    fast = attn["cudnn causal+segmask (attention_impl=cudnn now)"]
+    assert fast["out_relerr"] < 1e-6 and fast["dq_relerr"] < 1e-6, attn
     for backward in ("f32", "compute"):
         assert case[f"loss_backward_{backward}"]["fwd_bwd_ms"] > 0, case
     # the forward is the same bf16 x bf16 -> f32 matmul in both: the same loss
