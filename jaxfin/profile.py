@@ -8,9 +8,10 @@ random weights: tokens/s, MFU, decode roofline fraction, and transformers + peft
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 from jaxfin import config_flags, errors, validate
 from jaxfin.errors import UserError, run_cli
@@ -19,7 +20,9 @@ from jaxfin.perf import profile
 from jaxfin.training import defaults
 
 
-def main(argv: Sequence[str]) -> int:
+def parse(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """(config, options) of the command line, checked; the variants' keys and values too (profile.check_variants),
+    so a mistake fails before anything runs."""
     config, rest = config_flags.parse_args(argv, defaults.tiny)
     p = errors.ArgumentParser(prog="python -m jaxfin.profile", description="Throughput, MFU and decode roofline "
                                 "of the train step and decoder at the config's model shape, beside transformers.")
@@ -35,6 +38,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--decode-runs", type=int, default=3, help="timed decode runs per batch size (default 3)")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (default: all)")
     p.add_argument("--skip-peer", action="store_true", help="do not run transformers + peft")
+    p.add_argument("--skip-decode", action="store_true", help="do not time the decoder (its section is null)")
+    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="also time the train step with these config overrides (repeatable; e.g. "
+                        "model.remat=proj,model.lora_impl=fused): results under \"variants\"")
     opts = p.parse_args(rest)
     if not opts.random_weights:
         raise UserError("--random-weights is required: the profile times random weights at the config's shape "
@@ -45,6 +52,13 @@ def main(argv: Sequence[str]) -> int:
     if opts.warmup < 0 or opts.devices < 0:
         raise UserError("--warmup and --devices must be >= 0")
     validate.check(config, workdir=False)
+    profile.model_config(config, profile.resolve_model(config.model.path)[1])
+    profile.check_variants(config, opts.variants)
+    return config, opts
+
+
+def main(argv: Sequence[str]) -> int:
+    config, opts = parse(argv)
     # Before JAX creates its GPU client: grow the pool on demand, so the peer can use the device first.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     path = None
@@ -53,11 +67,16 @@ def main(argv: Sequence[str]) -> int:
         if os.path.isfile(path) and not opts.overwrite:
             raise UserError(f"--out {path}: the file exists (pass --overwrite to replace it, or name another file)")
         check_writable(path, name=f"--out {path}")
-    result = profile.run(config, opts, profile.config_string(argv))
-    print(profile.table(result))
-    if path:
+    written: list[str] = []
+
+    def write(result: dict) -> None:  # after each measurement, so a run cut short keeps what it measured
         write_text(path, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+        written[:] = [path]
+
+    result = profile.run(config, opts, profile.config_string(argv), on_update=write if opts.out else None)
+    print(profile.table(result))
+    if written:
+        print(f"wrote {written[0]}")
     return 0
 
 

@@ -19,9 +19,9 @@ from jaxfin.errors import UserError
 from jaxfin.evaluation import suite
 from jaxfin.io.files import check_writable
 from jaxfin.model import decoder, neftune
-from jaxfin.model.config import ATTENTION_IMPLS, DTYPES
+from jaxfin.model.config import ATTENTION_IMPLS, DTYPES, LORA_IMPLS
 from jaxfin.model.params import LORA_TARGETS
-from jaxfin.training import preference, reference
+from jaxfin.training import losses, preference, reference
 
 Rule = Callable[[Any], "str | None"]  # the value -> what it must be (the message), or None when it is fine
 
@@ -109,6 +109,8 @@ RULES: dict[str, Rule] = {
     "model.remat": one_of(decoder.REMAT_POLICIES),
     "model.attention_impl": one_of(ATTENTION_IMPLS),
     "model.allow_base_change": boolean,
+    "model.lora_impl": one_of(LORA_IMPLS),
+    "train.loss_backward": one_of(losses.LOSS_BACKWARDS),
     "data.train": optional(text),
     "data.eval": optional(text),
     "data.tasks": parsed_by(suite.task_names),

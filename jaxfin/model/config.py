@@ -11,9 +11,14 @@ import jax.numpy as jnp
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 # Fields that choose how to run a model, not what its weights mean: free to differ between a checkpoint and the
 # run that loads it (a bf16 run of an f32 checkpoint, remat on or off).
-RUNTIME_FIELDS = ("dtype", "remat", "attention_impl")
-REMAT_NAMES = ("none", "full", "dots", "dots_all")  # jax.checkpoint policies, see decoder.REMAT_POLICIES
+RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "lora_impl")
+# jax.checkpoint policies, see decoder.REMAT_POLICIES
+REMAT_NAMES = ("none", "full", "dots", "dots_all", "proj", "attn_proj")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# How the LoRA path multiplies (decoder._lora_a): f32 operands | compute-dtype operands with f32 accumulation |
+# compute, with the A matrices of projections sharing an input fused (q/k/v, gate/up). f32 and compute give the
+# same bits in an f32 model; fused equals them to ~1e-7 there (its backward sums in another order).
+LORA_IMPLS = ("f32", "compute", "fused")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -49,6 +54,7 @@ class ModelConfig:
     dtype: str = "float32"  # activation / compute dtype
     remat: str = "none"  # one of REMAT_NAMES
     attention_impl: str | None = None  # None (XLA picks) | "xla" | "cudnn"
+    lora_impl: str = "compute"  # one of LORA_IMPLS
 
     @property
     def architecture(self) -> dict[str, Any]:

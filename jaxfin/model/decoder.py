@@ -12,22 +12,33 @@ Shape legend used in every name of the package:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from jaxfin.model import rope
+from jaxfin.model import matmul, rope
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
 
+# Projection outputs named for the remat policies that keep them (jax.ad_checkpoint.checkpoint_name in _dense).
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+PROJ = ATTN_PROJ + ("gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots_all": jax.checkpoint_policies.dots_saveable,
+    # The seven projection outputs (LoRA delta included) are kept, everything else (norms, RoPE, attention,
+    # SiLU, the LoRA rank-R products) is recomputed: at the Llama-8B shape 43k bf16 values per token per layer.
+    "proj": jax.checkpoint_policies.save_only_these_names(*PROJ),
+    # Only q/k/v/o are kept (14k values per token per layer); the MLP forward is recomputed.
+    "attn_proj": jax.checkpoint_policies.save_only_these_names(*ATTN_PROJ),
 }
-
+# Adapted projections that read one input: their LoRA A products run as one matmul with lora_impl=fused.
+FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -37,25 +48,49 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * normed.astype(x.dtype)
 
 
-def _lora(x: jax.Array, adapter: Params | None, scale: float, rng: jax.Array | None, dropout: float) -> jax.Array | None:
-    """PEFT's `lora_B(lora_A(dropout(x))) * scaling` on the flattened input features, in f32; None without one."""
-    if adapter is None:
-        return None
-    x32 = x.astype(jnp.float32)
+def _lora_dtype(x: jax.Array, impl: str) -> jnp.dtype:
+    return jnp.dtype(jnp.float32) if impl == "f32" else x.dtype
+
+
+def _lora_a(x: jax.Array, adapter: Params, rng: jax.Array | None, dropout: float, impl: str) -> jax.Array:
+    """PEFT's `lora_A(dropout(x))` [B, T, R] in f32, on x's features flattened. impl f32: x cast to f32; compute
+    (and fused): operands in x's dtype with f32 accumulation, the backward in x's dtype too (matmul.py)."""
+    x = x.reshape(*x.shape[:2], -1)
+    dtype = _lora_dtype(x, impl)
+    x = x.astype(dtype)
     if rng is not None and dropout > 0.0:
-        keep = jax.random.bernoulli(rng, 1.0 - dropout, x32.shape)
-        x32 = jnp.where(keep, x32 / (1.0 - dropout), 0.0)
-    return (x32 @ adapter["a"]) @ adapter["b"] * scale
+        keep = jax.random.bernoulli(rng, 1.0 - dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - dropout), 0.0)
+    return matmul.einsum("BTX,XR->BTR", x, adapter["a"], dtype)
 
 
-def _dense(x: jax.Array, eq: str, w: jax.Array, adapter: Params | None, lora_args: tuple, out_shape: tuple) -> jax.Array:
-    """einsum(eq, x, w) plus the LoRA delta when this projection has an adapter."""
+def _lora_a_fused(x: jax.Array, names: tuple[str, ...], adapters: Params, rngs: dict, dropout: float,
+                     impl: str) -> dict[str, jax.Array]:
+    """With impl=fused, _lora_a of the adapted projections among `names` (which share the input x) as one
+    matmul over their concatenated A matrices; {} otherwise, and when dropout is active (PEFT draws one mask per
+    projection, so each needs its own product) or fewer than two projections are adapted. In f32 the sums of
+    the fused matmul's backward run in another order than separate ones: equal to ~1e-7, not bitwise."""
+    names = tuple(n for n in names if n in adapters)
+    if impl != "fused" or len(names) < 2 or (dropout > 0.0 and rngs[names[0]] is not None):
+        return {}
+    x = x.reshape(*x.shape[:2], -1)
+    a_XR = jnp.concatenate([adapters[n]["a"] for n in names], axis=-1)
+    xa = matmul.einsum("BTX,XR->BTR", x, a_XR, x.dtype)
+    ends = np.cumsum([adapters[n]["a"].shape[-1] for n in names])[:-1]
+    return dict(zip(names, jnp.split(xa, ends, axis=-1)))
+
+
+def _dense(x: jax.Array, eq: str, w: jax.Array, name: str, xa: dict[str, jax.Array], adapters: Params,
+           rngs: dict, dropout: float, scale: float, impl: str, out_shape: tuple) -> jax.Array:
+    """einsum(eq, x, w) plus, when projection `name` has an adapter, PEFT's `lora_B(lora_A(dropout(x))) * scaling`
+    (lora_A's product taken from `xa` when _lora_a_fused made it); the result is named `name` for the remat
+    policies. The order of the operations is today's f32 path's, so that f32 runs keep their bits."""
     y = jnp.einsum(eq, x, w.astype(x.dtype))
-    in_x = x.reshape(*x.shape[:2], -1)
-    delta = _lora(in_x, adapter, *lora_args)
-    if delta is not None:
+    if name in adapters:
+        xa_BTR = xa[name] if name in xa else _lora_a(x, adapters[name], rngs[name], dropout, impl)
+        delta = matmul.einsum("BTR,RO->BTO", xa_BTR, adapters[name]["b"], _lora_dtype(x, impl)) * scale
         y = y + delta.reshape(*x.shape[:2], *out_shape).astype(y.dtype)
-    return y
+    return checkpoint_name(y, name)
 
 
 def attention_mask(
@@ -72,6 +107,39 @@ def attention_mask(
     return (jnp.arange(kv_len)[None, None, :] <= positions_BT[:, :, None])[:, None]
 
 
+class Attention(NamedTuple):
+    """The masking of one decoder call: a boolean [B, 1, T, S] `mask` (or None), and whether the kernel applies the
+    causal mask itself (`is_causal`: the mask then only separates the segments of packed rows)."""
+
+    mask: jax.Array | None
+    is_causal: bool
+
+
+def attention_masking(positions_BT: jax.Array, segment_ids_BT: jax.Array | None, kv_len: int | None,
+                      cfg: ModelConfig) -> Attention:
+    """attention_impl=cudnn without a cache: is_causal=True, which cuDNN runs as its CAUSAL mask type and so skips
+    the blocks above the diagonal, plus a same-segment mask for packed rows (JAX's public dot_product_attention
+    has no segment ids: the mask becomes an additive bias; cuDNN's ragged layout is only in jax._src). Otherwise,
+    and with a cache (incremental decoding), the one boolean mask of attention_mask. Both mean the same."""
+    if cfg.attention_impl == "cudnn" and kv_len is None:
+        if segment_ids_BT is None:
+            return Attention(None, True)
+        return Attention((segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None], True)
+    return Attention(attention_mask(positions_BT, segment_ids_BT, kv_len), False)
+
+
+def attend(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, attn: Attention, cfg: ModelConfig) -> jax.Array:
+    """jax.nn.dot_product_attention with cfg.attention_impl, where it can run: cuDNN flash attention needs an NVIDIA
+    GPU and bf16 / f16, so attention_impl=cudnn runs XLA (same masking) on a CPU / TPU, in f32, and in decoding
+    steps with a cache."""
+    impl = cfg.attention_impl
+    if impl == "cudnn" and (jax.default_backend() != "gpu" or q_BTNH.dtype not in (jnp.bfloat16, jnp.float16)
+                            or not attn.is_causal):
+        impl = "xla"
+    return jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=attn.mask, is_causal=attn.is_causal,
+                                        scale=1.0 / math.sqrt(q_BTNH.shape[-1]), implementation=impl)
+
+
 def _write_cache(cache_BSKH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array) -> jax.Array:
     return jax.vmap(lambda c, n, s: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (s, 0, 0)))(
         cache_BSKH, new_BTKH, start_B
@@ -81,14 +149,17 @@ def _write_cache(cache_BSKH: jax.Array, new_BTKH: jax.Array, start_B: jax.Array)
 def _layer(x_BTD, layer, adapters, cos_sin, mask, cache, cache_start_B, rng, cfg: ModelConfig, lora_cfg):
     N, K, H, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
     scale, dropout = lora_cfg
-    rngs = list(jax.random.split(rng, 7)) if rng is not None else [None] * 7
+    rngs = dict(zip(PROJ, jax.random.split(rng, 7) if rng is not None else [None] * 7))
     ad = adapters or {}
-    args = lambda i: (scale, rngs[i], dropout)  # noqa: E731
+    down = lambda x, group: _lora_a_fused(x, group, ad, rngs, dropout, cfg.lora_impl)  # noqa: E731
+    dense = lambda x, eq, w, name, xa, out: _dense(x, eq, w, name, xa, ad, rngs, dropout, scale,  # noqa: E731
+                                                   cfg.lora_impl, out)
 
     h = rms_norm(x_BTD, layer["attn_norm_D"], cfg.rms_norm_eps)
-    q_BTNH = _dense(h, "BTD,DNH->BTNH", layer["wq_DNH"], ad.get("q_proj"), args(0), (N, H))
-    k_BTKH = _dense(h, "BTD,DKH->BTKH", layer["wk_DKH"], ad.get("k_proj"), args(1), (K, H))
-    v_BTKH = _dense(h, "BTD,DKH->BTKH", layer["wv_DKH"], ad.get("v_proj"), args(2), (K, H))
+    xa = down(h, FUSED_GROUPS[0])
+    q_BTNH = dense(h, "BTD,DNH->BTNH", layer["wq_DNH"], "q_proj", xa, (N, H))
+    k_BTKH = dense(h, "BTD,DKH->BTKH", layer["wk_DKH"], "k_proj", xa, (K, H))
+    v_BTKH = dense(h, "BTD,DKH->BTKH", layer["wv_DKH"], "v_proj", xa, (K, H))
     if cfg.attention_bias:
         q_BTNH = q_BTNH + layer["bq_NH"].astype(q_BTNH.dtype)
         k_BTKH = k_BTKH + layer["bk_KH"].astype(k_BTKH.dtype)
@@ -107,16 +178,15 @@ def _layer(x_BTD, layer, adapters, cos_sin, mask, cache, cache_start_B, rng, cfg
         k_BSKH, v_BSKH = cache["k"].astype(q_BTNH.dtype), cache["v"].astype(q_BTNH.dtype)
     else:
         k_BSKH, v_BSKH = k_BTKH, v_BTKH
-    attn_BTNH = jax.nn.dot_product_attention(
-        q_BTNH, k_BSKH, v_BSKH, mask=mask, scale=1.0 / math.sqrt(H), implementation=cfg.attention_impl
-    )
-    x_BTD = x_BTD + _dense(attn_BTNH, "BTNH,NHD->BTD", layer["wo_NHD"], ad.get("o_proj"), args(3), (D,))
+    attn_BTNH = attend(q_BTNH, k_BSKH, v_BSKH, mask, cfg)
+    x_BTD = x_BTD + dense(attn_BTNH, "BTNH,NHD->BTD", layer["wo_NHD"], "o_proj", {}, (D,))
 
     h = rms_norm(x_BTD, layer["mlp_norm_D"], cfg.rms_norm_eps)
-    gate_BTF = _dense(h, "BTD,DF->BTF", layer["w_gate_DF"], ad.get("gate_proj"), args(4), (cfg.intermediate_size,))
-    up_BTF = _dense(h, "BTD,DF->BTF", layer["w_up_DF"], ad.get("up_proj"), args(5), (cfg.intermediate_size,))
+    xa = down(h, FUSED_GROUPS[1])
+    gate_BTF = dense(h, "BTD,DF->BTF", layer["w_gate_DF"], "gate_proj", xa, (cfg.intermediate_size,))
+    up_BTF = dense(h, "BTD,DF->BTF", layer["w_up_DF"], "up_proj", xa, (cfg.intermediate_size,))
     act_BTF = jax.nn.silu(gate_BTF) * up_BTF
-    x_BTD = x_BTD + _dense(act_BTF, "BTF,FD->BTD", layer["w_down_FD"], ad.get("down_proj"), args(6), (D,))
+    x_BTD = x_BTD + dense(act_BTF, "BTF,FD->BTD", layer["w_down_FD"], "down_proj", {}, (D,))
     return x_BTD, cache
 
 
@@ -147,7 +217,7 @@ def decoder(
     x_BTD = x_BTD.astype(cfg.compute_dtype)
     cos_sin = rope.cos_sin(positions_BT, cfg, cfg.compute_dtype)
     kv_len = None if cache is None else cache["k"].shape[2]
-    mask = attention_mask(positions_BT, segment_ids_BT, kv_len)
+    mask = attention_masking(positions_BT, segment_ids_BT, kv_len, cfg)
     start_B = positions_BT[:, 0]
     adapters = None if lora is None else lora["layers"]
     layer_rngs = None if rng is None else jax.random.split(rng, cfg.num_layers)

@@ -11,6 +11,7 @@ its pool on demand.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import os
@@ -24,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfin import synthetic
+from jaxfin import config_flags, synthetic
 from jaxfin.data import batches
 from jaxfin.errors import UserError
 from jaxfin.infer import decode
 from jaxfin.io import store
-from jaxfin.model import decoder, params as params_lib, presets
+from jaxfin.model import params as params_lib, presets
 from jaxfin.model.config import ModelConfig
 from jaxfin.perf import flops, torch_peer
 from jaxfin.training import losses, session, sft, sharding
@@ -91,15 +92,18 @@ def _timed(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
     return times
 
 
-def time_train(config: Any, cfg: ModelConfig, batch_np: dict[str, np.ndarray], mesh: Any, opts: Any) -> dict:
-    """The real jitted train step on random base weights: compile time, median step time over opts.steps steps
-    after opts.warmup, peak memory; a jax.profiler trace of 3 more steps with opts.trace."""
+def time_train(config: Any, cfg: ModelConfig, batch_np: dict[str, np.ndarray], mesh: Any, opts: Any,
+               base: Any = None, trace: str | None = None, static_peak: bool = False) -> dict:
+    """The real jitted train step on random base weights (`base`, or new ones): compile time, median step time
+    over opts.steps steps after opts.warmup, peak memory (the allocator's peak since the process started, or with
+    `static_peak` / on CPU XLA's plan of the step); a jax.profiler trace of 3 more steps into `trace`."""
     B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
     lcfg = session.lora_config(config)
     tx, schedule = step_lib.make_optimizer(config.optim, opts.warmup + opts.steps + 3)
     sh = sharding.train_shardings(cfg, lcfg, tx, mesh)
-    base = jax.jit(params_lib.init_params, static_argnums=(0, 2), out_shardings=sh.base)(
-        cfg, jax.random.key(config.seed), cfg.dtype)
+    if base is None:
+        base = jax.jit(params_lib.init_params, static_argnums=(0, 2), out_shardings=sh.base)(
+            cfg, jax.random.key(config.seed), cfg.dtype)
     lora, opt_state = session.init_adapters(cfg, lcfg, tx, sh, config.seed)
     batch = batches.put_batch(batches.micro_batches(batch_np, A), sh.batch, (A, B // A, T))
     loss_fn = functools.partial(losses.sft_loss, cfg=cfg, hp=sft.sft_config(config, lcfg))
@@ -116,14 +120,14 @@ def time_train(config: Any, cfg: ModelConfig, batch_np: dict[str, np.ndarray], m
         jax.block_until_ready((state["lora"], state["opt"], state["metrics"]))
 
     times = _timed(step, opts.warmup, opts.steps)
-    if opts.trace:
-        with jax.profiler.trace(opts.trace):
+    if trace:
+        with jax.profiler.trace(trace):
             _timed(step, 0, 3)
     stats = [d.memory_stats() or {} for d in mesh.devices.flat]
-    if all("peak_bytes_in_use" in s for s in stats):  # since the process started: params, init and steps
+    if not static_peak and all("peak_bytes_in_use" in s for s in stats):  # since the process started
         peak = max(s["peak_bytes_in_use"] for s in stats)
         peak_source = "measured: memory_stats() peak_bytes_in_use, max over devices"
-    else:  # CPU: no allocator statistics; XLA's static plan of the step (per device) instead
+    else:  # CPU (no allocator statistics) or a variant (the process peak covers earlier runs): XLA's plan
         m = compiled.memory_analysis()
         peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
         peak_source = "estimate: XLA memory_analysis of the step (arguments + outputs - aliased + temporaries)"
@@ -211,27 +215,97 @@ def peer_spec(config: Any, cfg: ModelConfig, lcfg: Any, opts: Any) -> dict:
                        "runs": opts.decode_runs, "batches": list(DECODE_BATCHES)}}
 
 
-def run(config: Any, opts: Any, config_string: str) -> dict:
-    """Everything `main` prints and writes, as the --out JSON dict: the issue's schema plus "details", "notes"."""
-    if config.model.remat not in decoder.REMAT_POLICIES:
-        raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(decoder.REMAT_POLICIES)}")
-    name, hf = resolve_model(config.model.path)
-    cfg = ModelConfig.from_hf(hf, dtype=config.model.dtype, remat=config.model.remat,
-                              attention_impl=config.model.attention_impl)
-    if opts.devices > len(jax.devices()):
-        raise UserError(f"--devices {opts.devices}: only {len(jax.devices())} devices are visible")
-    devices = jax.devices()[: opts.devices or None]
-    kind, platform = devices[0].device_kind, devices[0].platform
-    if cfg.attention_impl == "cudnn" and platform != "gpu":
-        raise UserError(f"model.attention_impl=cudnn needs an NVIDIA GPU (cuDNN flash attention), not {platform}")
-    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
-    lcfg = session.lora_config(config)
+def parse_variant(text: str) -> list[tuple[str, str]]:
+    """--variant "model.remat=proj,train.loss_backward=f32" -> [(key, value), ...]: config keys as after --config.
+    (the prefix may be given); a comma starts a new pair only where KEY= follows, so values may hold commas."""
+    pairs = []
+    for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", text):
+        key, eq, value = part.partition("=")
+        key = key.strip().removeprefix("--").removeprefix("config.")
+        if not eq or not key:
+            raise UserError(f"--variant {text!r}: expected KEY=VALUE[,KEY=VALUE...] (config keys, e.g. model.remat=proj)")
+        pairs.append((key, value.strip()))
+    return pairs
+
+
+def variant_config(config: Any, pairs: list[tuple[str, str]]) -> Any:
+    """A copy of `config` with the variant's overrides applied (unknown keys and bad values are UserErrors)."""
+    out = copy.deepcopy(config)  # keeps the field types (placeholders) that the overrides parse by
+    for key, value in pairs:
+        config_flags.override(out, key, value)
+    return out
+
+
+def check_variants(config: Any, variants: Sequence[str]) -> list[tuple[str, Any, ModelConfig]]:
+    """(text, config, ModelConfig) per --variant, after every check: unknown keys and bad values are UserErrors."""
+    out = []
+    for text in variants:
+        vconfig = variant_config(config, parse_variant(text))
+        out.append((text, vconfig, model_config(vconfig, resolve_model(vconfig.model.path)[1])))
+    return out
+
+
+def model_config(config: Any, hf: dict) -> ModelConfig:
+    """The ModelConfig of the config.json `hf` with the config's runtime fields, after the same checks as training."""
+    session.check_model_keys(config)
+    sft.sft_config(config, session.lora_config(config))  # the loss keys (train.loss_backward, neftune.length)
+    return ModelConfig.from_hf(hf, dtype=config.model.dtype, remat=config.model.remat,
+                               attention_impl=config.model.attention_impl, lora_impl=config.model.lora_impl)
+
+
+def measure_train(config: Any, cfg: ModelConfig, mesh: Any, opts: Any, platform: str, kind: str, base: Any = None,
+                  trace: str | None = None, static_peak: bool = False) -> tuple[dict, dict, Any]:
+    """(the issue's train section, its details, the base params) for one config; time_train does the work."""
     B, A, T = config.train.batch_size, config.train.grad_accum_steps, config.train.seq_len
+    lcfg = session.lora_config(config)
     if A < 1 or B % A or (B // A) % sharding.batch_divisor(mesh):
         raise UserError(f"train.batch_size={B}, train.grad_accum_steps={A}: micro-batches must split evenly "
                         f"over the {sharding.batch_divisor(mesh)} data x fsdp devices")
     batch_np = random_batch(np.random.default_rng(config.seed), B, T, cfg.vocab_size)
-    notes: list[str] = []
+    print(f"train step: batch {B} x seq {T} (grad accum {A}), LoRA r={lcfg.rank} on {len(lcfg.targets)} "
+          f"projections ({cfg.lora_impl}), dropout {lcfg.dropout}, NEFTune alpha {config.neftune.alpha}, {cfg.dtype}, "
+          f"remat {cfg.remat}, attention {cfg.attention_impl or 'xla'}, loss backward {config.train.loss_backward}, "
+          f"{mesh.devices.size} x {kind}", file=sys.stderr)
+    tr = time_train(config, cfg, batch_np, mesh, opts, base=base, trace=trace, static_peak=static_peak)
+    base = tr.pop("base")
+    fpt, formula = flops.flops_per_token(cfg, lcfg.targets, lcfg.rank, T)
+    peak = flops.peak_flops(kind) if platform != "cpu" else None
+    mfu = fpt * tr["tokens_per_sec"] / (peak * mesh.devices.size) if peak else None
+    train = {"tokens_per_sec": tr["tokens_per_sec"], "mfu": mfu, "step_time_s": tr["step_time_s"],
+             "peak_bytes": tr["peak_bytes"], "compile_s": tr["compile_s"]}
+    details = {"flops_per_token": fpt, "flops_formula": formula, "peak_flops_per_device": peak,
+               "train": {"peak_bytes_source": tr["peak_bytes_source"], "loss": tr["loss"], "steps": opts.steps,
+                         "warmup": opts.warmup, "batch_size": B, "grad_accum_steps": A, "seq_len": T,
+                         "lora": lcfg.to_dict(), "neftune_alpha": float(config.neftune.alpha), "dtype": cfg.dtype,
+                         "remat": cfg.remat, "attention_impl": cfg.attention_impl, "lora_impl": cfg.lora_impl,
+                         "loss_backward": config.train.loss_backward, "loss_chunk": config.train.loss_chunk,
+                         "step_times_s": tr["step_times_s"]}}
+    return train, details, base
+
+
+def _attention_note(cfg: ModelConfig, platform: str) -> list[str]:
+    if cfg.attention_impl == "cudnn" and platform != "gpu":
+        return [f"model.attention_impl=cudnn on {platform}: XLA ran, with the same masking (cuDNN needs an NVIDIA "
+                f"GPU)"]
+    return []
+
+
+def run(config: Any, opts: Any, config_string: str, on_update: Callable[[dict], None] | None = None) -> dict:
+    """Everything `main` prints and writes, as the --out JSON dict: the issue's schema plus "details", "notes" and
+    "variants" (one entry per opts.variants: the train step with those overrides, beside the config's).
+    `on_update(result)` is called after the config's measurements and after each variant."""
+    name, hf = resolve_model(config.model.path)
+    cfg = model_config(config, hf)
+    variants = check_variants(config, opts.variants)
+    if opts.devices > len(jax.devices()):
+        raise UserError(f"--devices {opts.devices}: only {len(jax.devices())} devices are visible")
+    devices = jax.devices()[: opts.devices or None]
+    kind, platform = devices[0].device_kind, devices[0].platform
+    mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
+    lcfg = session.lora_config(config)
+    B, T = config.train.batch_size, config.train.seq_len
+    batch_np = random_batch(np.random.default_rng(config.seed), B, T, cfg.vocab_size)
+    notes: list[str] = _attention_note(cfg, platform)
 
     peer, peer_detail = None, None
     if opts.skip_peer:
@@ -246,60 +320,75 @@ def run(config: Any, opts: Any, config_string: str) -> dict:
             if len(devices) > 1:
                 notes.append(f"the peer ran on one device, jaxfin on {len(devices)}: ratios are not per device")
 
-    print(f"train step: {name}, batch {B} x seq {T} (grad accum {A}), LoRA r={lcfg.rank} on {len(lcfg.targets)} "
-          f"projections, NEFTune alpha {config.neftune.alpha}, {cfg.dtype}, remat {cfg.remat}, "
-          f"{len(devices)} x {kind}", file=sys.stderr)
-    tr = time_train(config, cfg, batch_np, mesh, opts)
-    base = tr.pop("base")
-    notes += [] if np.isfinite(tr["loss"]) else [f"train loss {tr['loss']}: not finite (random weights too large?)"]
-    fpt, formula = flops.flops_per_token(cfg, lcfg.targets, lcfg.rank, T)
-    peak = flops.peak_flops(kind) if platform != "cpu" else None
-    mfu = fpt * tr["tokens_per_sec"] / (peak * len(devices)) if peak else None
+    print(f"model {name}", file=sys.stderr)
+    train, details, base = measure_train(config, cfg, mesh, opts, platform, kind, trace=opts.trace)
+    loss = details["train"]["loss"]
+    notes += [] if np.isfinite(loss) else [f"train loss {loss}: not finite (random weights too large?)"]
     if platform == "cpu":
         notes.append("mfu null: a CPU has no meaningful bf16 matmul peak")
-    elif peak is None:
+    elif details["peak_flops_per_device"] is None:
         notes.append(f"mfu null: no bf16 peak known for device kind {kind!r} (add it to jaxfin/flops.py)")
 
-    print("decoding at batch " + ", ".join(map(str, DECODE_BATCHES)), file=sys.stderr)
-    dec = {b: time_decode(base, cfg, b, opts.decode_prompt_len, opts.decode_new_tokens, opts.decode_runs)
-           for b in DECODE_BATCHES}
-    wbytes = flops.weight_bytes_per_token(base, cfg)
-    del base
-    bw = measure_bandwidth(devices[0], (64 if platform == "cpu" else 2048) << 20)
-    step1 = dec[1]["step_tokens_per_sec"]
-    roofline = step1 * wbytes / (bw * len(devices)) if step1 else None
-    if roofline and roofline > 1:
-        notes.append(f"roofline fraction > 1: the {wbytes / 2**20:.1f} MiB of weights stay in cache between "
-                     f"decode steps, so memory bandwidth does not bound this decoder")
-    return {
+    decode_keys = ["batch_1_tokens_per_sec", "batch_32_tokens_per_sec", "batch_1_roofline_fraction"]
+    if opts.skip_decode:
+        notes.append("decoding skipped (--skip-decode)")
+        decode_section, decode_detail = dict.fromkeys(decode_keys), None
+        dec: dict = {}
+    else:
+        print("decoding at batch " + ", ".join(map(str, DECODE_BATCHES)), file=sys.stderr)
+        dec = {b: time_decode(base, cfg, b, opts.decode_prompt_len, opts.decode_new_tokens, opts.decode_runs)
+               for b in DECODE_BATCHES}
+        wbytes = flops.weight_bytes_per_token(base, cfg)
+        bw = measure_bandwidth(devices[0], (64 if platform == "cpu" else 2048) << 20)
+        step1 = dec[1]["step_tokens_per_sec"]
+        roofline = step1 * wbytes / (bw * len(devices)) if step1 else None
+        if roofline and roofline > 1:
+            notes.append(f"roofline fraction > 1: the {wbytes / 2**20:.1f} MiB of weights stay in cache between "
+                         f"decode steps, so memory bandwidth does not bound this decoder")
+        decode_section = dict(zip(decode_keys, (dec[1]["tokens_per_sec"], dec[32]["tokens_per_sec"], roofline)))
+        decode_detail = {
+            "prompt_len": opts.decode_prompt_len, "new_tokens": opts.decode_new_tokens, "runs": opts.decode_runs,
+            "weights": "base only (= merged adapters)",
+            **{f"batch_{b}_step_tokens_per_sec": dec[b]["step_tokens_per_sec"] for b in DECODE_BATCHES},
+            "weight_bytes_per_token": wbytes, "bandwidth_bytes_per_sec": bw,
+            "roofline_formula": "batch-1 decode-loop tokens/s x weight bytes per token / (measured bandwidth x "
+                                "devices); bandwidth = 2 x bytes / time of jit(x + 1)"}
+    result = {
         "device": kind, "model": name, "config": config_string,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "train": {"tokens_per_sec": tr["tokens_per_sec"], "mfu": mfu, "step_time_s": tr["step_time_s"],
-                  "peak_bytes": tr["peak_bytes"], "compile_s": tr["compile_s"]},
-        "decode": {"batch_1_tokens_per_sec": dec[1]["tokens_per_sec"],
-                   "batch_32_tokens_per_sec": dec[32]["tokens_per_sec"], "batch_1_roofline_fraction": roofline},
-        "peer": peer,
+        "train": train, "decode": decode_section, "peer": peer,
         "details": {
-            "devices": len(devices), "platform": platform, "jax": jax.__version__, "flops_per_token": fpt,
-            "flops_formula": formula, "peak_flops_per_device": peak,
-            "train": {"peak_bytes_source": tr["peak_bytes_source"], "loss": tr["loss"], "steps": opts.steps,
-                      "warmup": opts.warmup, "batch_size": B, "grad_accum_steps": A, "seq_len": T,
-                      "lora": lcfg.to_dict(), "neftune_alpha": float(config.neftune.alpha), "dtype": cfg.dtype,
-                      "remat": cfg.remat, "attention_impl": cfg.attention_impl, "step_times_s": tr["step_times_s"]},
-            "decode": {"prompt_len": opts.decode_prompt_len, "new_tokens": opts.decode_new_tokens,
-                       "runs": opts.decode_runs, "weights": "base only (= merged adapters)",
-                       **{f"batch_{b}_step_tokens_per_sec": dec[b]["step_tokens_per_sec"] for b in DECODE_BATCHES},
-                       "weight_bytes_per_token": wbytes, "bandwidth_bytes_per_sec": bw,
-                       "roofline_formula": "batch-1 decode-loop tokens/s x weight bytes per token / (measured "
-                                           "bandwidth x devices); bandwidth = 2 x bytes / time of jit(x + 1)"},
-            "peer": peer_detail,
-            "ratios": {"train": _ratio(tr["tokens_per_sec"], (peer or {}).get("train_tokens_per_sec")),
-                       **{f"decode_batch_{b}": _ratio(dec[b]["tokens_per_sec"],
+            "devices": len(devices), "platform": platform, "jax": jax.__version__, **details,
+            "decode": decode_detail, "peer": peer_detail,
+            "ratios": {"train": _ratio(train["tokens_per_sec"], (peer or {}).get("train_tokens_per_sec")),
+                       **{f"decode_batch_{b}": _ratio(dec[b]["tokens_per_sec"] if dec else None,
                                                       (peer or {}).get(f"decode_batch_{b}_tokens_per_sec"))
                           for b in DECODE_BATCHES}},
         },
         "notes": notes,
+        "variants": [],
     }
+    if on_update:
+        on_update(result)
+
+    for text, vconfig, vcfg in variants:
+        print(f"variant {text}", file=sys.stderr)
+        same_base = vcfg.architecture == cfg.architecture and vcfg.dtype == cfg.dtype
+        entry: dict = {"variant": text, "overrides": dict(parse_variant(text))}
+        try:
+            vtrain, vdetails, _ = measure_train(vconfig, vcfg, mesh, opts, platform, kind,
+                                                base=base if same_base else None, static_peak=True)
+            entry.update({"train": vtrain, "speedup": _ratio(vtrain["tokens_per_sec"], train["tokens_per_sec"]),
+                          "details": vdetails["train"], "notes": _attention_note(vcfg, platform)})
+        except UserError:
+            raise
+        except Exception as e:  # one failing variant (out of memory, an unsupported kernel) must not stop the rest
+            entry["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            print(f"variant {text} failed: {entry['error']}", file=sys.stderr)
+        result["variants"].append(entry)
+        if on_update:
+            on_update(result)
+    return result
 
 
 def _fmt(x: float | None, spec: str = ",.1f") -> str:
@@ -324,10 +413,23 @@ def table(r: dict) -> str:
         f" peak {t['peak_bytes'] / 2**30:.3f} GiB [{d['train']['peak_bytes_source']}], loss {d['train']['loss']:.3f}",
         f"MFU {mfu}",
         f"  useful FLOPs/token = {d['flops_formula']}",
-        f"decode: prompt {dec['prompt_len']}, {dec['new_tokens']} new tokens, median of {dec['runs']} runs (prefill "
-        f"included); batch-1 loop {_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s",
-        f"batch-1 roofline fraction {_fmt(r['decode']['batch_1_roofline_fraction'], '.3f')} = "
-        f"{_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s x {dec['weight_bytes_per_token']:,} weight bytes / "
-        f"{dec['bandwidth_bytes_per_sec'] / 1e9:,.1f} GB/s measured ({dec['roofline_formula']})",
     ]
+    if dec:
+        lines += [
+            f"decode: prompt {dec['prompt_len']}, {dec['new_tokens']} new tokens, median of {dec['runs']} runs "
+            f"(prefill included); batch-1 loop {_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s",
+            f"batch-1 roofline fraction {_fmt(r['decode']['batch_1_roofline_fraction'], '.3f')} = "
+            f"{_fmt(dec['batch_1_step_tokens_per_sec'])} tokens/s x {dec['weight_bytes_per_token']:,} weight bytes / "
+            f"{dec['bandwidth_bytes_per_sec'] / 1e9:,.1f} GB/s measured ({dec['roofline_formula']})",
+        ]
+    for v in r.get("variants", []):
+        if "error" in v:
+            lines.append(f"variant {v['variant']}: {v['error']}")
+            continue
+        vt = v["train"]
+        vmfu = "" if vt["mfu"] is None else f", MFU {vt['mfu']:.1%}"
+        lines.append(f"variant {v['variant']}: {_fmt(vt['tokens_per_sec'])} tokens/s ({_fmt(v['speedup'], '.3f')}x "
+                     f"the config's){vmfu}, step {vt['step_time_s'] * 1e3:.2f} ms, compile {vt['compile_s']:.1f} s, "
+                     f"planned peak {vt['peak_bytes'] / 2**30:.3f} GiB, loss {v['details']['loss']:.3f}")
+        lines += [f"  note: {n}" for n in v["notes"]]
     return "\n".join(lines + [f"note: {n}" for n in r["notes"]])

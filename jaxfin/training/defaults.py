@@ -28,12 +28,25 @@ def lora() -> ConfigDict:
     # Paths are typed str fields so that None (configs/tiny.py: the self-made assets) and strings both override.
     c.model.path = _path("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")  # HF hub id, HF dir, or jaxfin checkpoint
     c.model.dtype = "bfloat16"  # base weights and activations; adapters and optimizer state are always f32
-    c.model.remat = "full"  # jax.checkpoint policy per layer: none | full | dots | dots_all
-    # jax.nn.dot_product_attention implementation: unset = XLA picks; "xla"; "cudnn" (GPU flash attention)
+    # jax.checkpoint policy per layer (model/decoder.py REMAT_POLICIES): what the backward pass keeps from the forward
+    # instead of recomputing it. none: everything (most memory); full: nothing, the layer's forward runs twice;
+    # dots / dots_all: every matmul output without / with batch dims; proj: the seven projection outputs (q, k, v,
+    # o, gate, up, down, LoRA included; norms, RoPE, attention and SiLU are recomputed); attn_proj: q, k, v, o only.
+    c.model.remat = "full"
+    # jax.nn.dot_product_attention implementation: unset = XLA picks (XLA today); "xla"; "cudnn": on an NVIDIA GPU
+    # in bf16/f16, cuDNN flash attention with its causal mask type (masked blocks skipped) plus a same-segment mask
+    # for packed rows; elsewhere (CPU, TPU, f32) and in cached decoding steps it runs XLA with the same masking.
     c.model.attention_impl = config_dict.placeholder(str)
     # Resuming a workdir on other base weights than it was trained on (run.json's fingerprint) is refused; true
     # continues its adapters on the new base anyway.
     c.model.allow_base_change = False
+    # The LoRA path (model/decoder.py _lora_a): "f32" casts each adapted projection's input to f32 (two f32
+    # matmuls); "compute": operands in model.dtype with f32 accumulation, the backward in model.dtype too
+    # (model/matmul.py); "fused": compute, and the A matrices of projections that share an input (q/k/v, gate/up)
+    # run as one matmul ([D, 3R], [D, 2R]) when lora.dropout is 0 (PEFT draws one dropout mask per projection).
+    # In an f32 model f32 and compute give the same bits and fused agrees to ~1e-7 (another summation order in its
+    # backward), so the f32 presets (tiny, smollm2_fire) use compute.
+    c.model.lora_impl = "fused"
 
     c.data = ConfigDict()
     # The tasks trained on, comma-separated (jaxfin.tasks registry: fire, fpb, fiqasa, headlines, finben_ner,
@@ -59,6 +72,9 @@ def lora() -> ConfigDict:
     c.train.grad_accum_steps = 1  # micro-batches per update (batch_size must divide by it)
     c.train.seq_len = 512
     c.train.loss_chunk = 128  # positions per cross-entropy chunk: [B, loss_chunk, V] f32 logits at a time
+    # The logits matmul's backward: "compute" = cotangent cast to model.dtype (bf16 x bf16 -> f32, as the forward);
+    # "f32" = f32 cotangent x bf16 weights (an f32 / TF32 matmul on GPUs). The same bits in an f32 model.
+    c.train.loss_backward = "compute"
     c.train.log_every_steps = 1
     c.train.max_nonfinite_steps = 5  # stop after this many consecutive skipped (NaN/Inf) steps; 0 = never stop
 
@@ -154,6 +170,7 @@ def tiny() -> ConfigDict:
     c.model.path = None  # None: the tiny self-made model (and tokenizer) in WORKDIR/assets
     c.model.dtype = "float32"
     c.model.remat = "none"
+    c.model.lora_impl = "compute"  # = f32 in an f32 model, bit for bit
     c.data.train = None  # None: the self-made NER sets in WORKDIR/assets
     c.data.eval = None
 
@@ -181,6 +198,7 @@ def smollm2_fire() -> ConfigDict:
     c.model.path = presets.smollm2_gguf()
     c.model.dtype = "float32"  # CPU: f32 matmuls are the fast ones
     c.model.remat = "none"
+    c.model.lora_impl = "compute"  # = f32 in an f32 model, bit for bit
     c.train.steps = 40
     c.train.batch_size = 4
     c.train.seq_len = 512  # ~2.3 examples of ~215 tokens (SmolLM2's template adds a system prompt) per row

@@ -16,19 +16,26 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxfin.model import decoder, neftune
+from jaxfin.model import decoder, matmul, neftune
 from jaxfin.model.config import ModelConfig
 from jaxfin.model.params import Params
 from jaxfin.training import preference
 
 Batch = dict[str, jax.Array]
+# The backward pass of the logits matmul: "compute" multiplies the logits' cotangent, cast to the compute dtype, by
+# the output embedding (bf16 x bf16 -> f32, model/matmul.py); "f32" lets autodiff multiply the f32 cotangent (an
+# f32 / TF32 matmul on GPUs). The forward is bf16 x bf16 -> f32 in both; in an f32 model both are the same.
+LOSS_BACKWARDS = ("compute", "f32")
 
 
 def chunked_logprobs(h_BTD: jax.Array, w_VD: jax.Array, targets_BT: jax.Array, chunk: int,
-                     reduce: Callable[..., Any], *extras_BT: jax.Array) -> Any:
+                     reduce: Callable[..., Any], *extras_BT: jax.Array, backward: str = "compute") -> Any:
     """Sum over sequence chunks of reduce(logp_Bc, *extras_Bc), where logp_Bc = log softmax(h @ w.T)[target] of
     the chunk's positions; positions padded to a whole number of chunks carry zeros in every extra (so a mask
-    among them keeps them out). The logits of a chunk are recomputed in the backward pass (jax.checkpoint)."""
+    among them keeps them out). The logits of a chunk are recomputed in the backward pass (jax.checkpoint);
+    `backward` (LOSS_BACKWARDS) sets the precision of the logits matmul's backward."""
+    if backward not in LOSS_BACKWARDS:
+        raise ValueError(f"backward must be one of {LOSS_BACKWARDS}, got {backward!r}")
     B, T, D = h_BTD.shape
     chunk = min(chunk, T)
     pad = -T % chunk
@@ -43,7 +50,10 @@ def chunked_logprobs(h_BTD: jax.Array, w_VD: jax.Array, targets_BT: jax.Array, c
     @jax.checkpoint
     def one_chunk(xs: tuple) -> Any:
         h_BcD, t_Bc, *extras_Bc = xs
-        logits_BcV = jnp.einsum("BcD,VD->BcV", h_BcD, w_VD, preferred_element_type=jnp.float32)
+        if backward == "compute":
+            logits_BcV = matmul.einsum("BcD,VD->BcV", h_BcD, w_VD, h_BcD.dtype)
+        else:
+            logits_BcV = jnp.einsum("BcD,VD->BcV", h_BcD, w_VD, preferred_element_type=jnp.float32)
         target_Bc = jnp.take_along_axis(logits_BcV, t_Bc[..., None], axis=-1)[..., 0]
         return reduce(target_Bc - jax.nn.logsumexp(logits_BcV, axis=-1), *extras_Bc)
 
@@ -56,9 +66,9 @@ def _masked_nll(logp_Bc: jax.Array, mask_Bc: jax.Array) -> jax.Array:
 
 
 def chunked_cross_entropy(h_BTD: jax.Array, w_VD: jax.Array, targets_BT: jax.Array, mask_BT: jax.Array,
-                          chunk: int) -> jax.Array:
+                          chunk: int, backward: str = "compute") -> jax.Array:
     """Sum over masked-in positions of -log softmax(h @ w.T)[target] (chunked_logprobs with a masked sum)."""
-    return chunked_logprobs(h_BTD, w_VD, targets_BT, chunk, _masked_nll, mask_BT)
+    return chunked_logprobs(h_BTD, w_VD, targets_BT, chunk, _masked_nll, mask_BT, backward=backward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +81,7 @@ class SftConfig:
     neftune_length: str = "segment"
     loss_chunk: int = 128
     task_names: tuple[str, ...] = ()  # two or more: the batch has "task_ids_BT" and aux logs "loss/NAME" per task
+    loss_backward: str = "compute"  # one of LOSS_BACKWARDS
 
 
 def sft_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cfg: ModelConfig,
@@ -89,11 +100,11 @@ def sft_loss(adapters: Params, base: Params, batch: Batch, rng: jax.Array, *, cf
         # One pass over the chunks gives the total and each task's share (a token belongs to its segment's task).
         by_task = functools.partial(_masked_nll_by_task, num_tasks=len(hp.task_names))
         loss, task_sums_K = chunked_logprobs(h_BTD, w_VD, batch["targets_BT"], hp.loss_chunk, by_task, mask_BT,
-                                             batch["task_ids_BT"])
+                                             batch["task_ids_BT"], backward=hp.loss_backward)
         for i, name in enumerate(hp.task_names):
             metrics[f"loss/{name}"] = (task_sums_K[i], jnp.sum(mask_BT * (batch["task_ids_BT"] == i)))
     else:
-        loss = chunked_cross_entropy(h_BTD, w_VD, batch["targets_BT"], mask_BT, hp.loss_chunk)
+        loss = chunked_cross_entropy(h_BTD, w_VD, batch["targets_BT"], mask_BT, hp.loss_chunk, hp.loss_backward)
     aux = {"count": jnp.sum(mask_BT), "tokens": jnp.sum(batch["segment_ids_BT"] > 0), "metrics": metrics}
     return loss, aux
 

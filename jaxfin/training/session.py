@@ -18,7 +18,7 @@ from jaxfin.evaluation import predict, report
 from jaxfin.io import fingerprint, store, workdir
 from jaxfin.io.files import read_json
 from jaxfin.model import decoder, lora as lora_lib
-from jaxfin.model.config import ATTENTION_IMPLS, ModelConfig
+from jaxfin.model.config import ATTENTION_IMPLS, LORA_IMPLS, ModelConfig
 from jaxfin.model.params import Params
 from jaxfin.tasks.base import Example, Task
 from jaxfin.training import distributed, log, sharding
@@ -45,22 +45,30 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     if (B // A) % sharding.batch_divisor(mesh):
         raise UserError(f"train.batch_size={B}: each of the {A} micro-batches must split evenly over the "
                         f"{sharding.batch_divisor(mesh)} data x fsdp devices")
+    check_model_keys(config)
+    return mesh
+
+
+def check_model_keys(config: ml_collections.ConfigDict) -> None:
+    """The runtime choices of the model block (remat, attention_impl, lora_impl) name something that exists."""
     if config.model.remat not in decoder.REMAT_POLICIES:
         raise UserError(f"model.remat={config.model.remat!r}: choose one of {', '.join(decoder.REMAT_POLICIES)}")
     if config.model.attention_impl not in ATTENTION_IMPLS:
         raise UserError(f"model.attention_impl={config.model.attention_impl!r}: choose xla or cudnn (or leave it "
                         f"unset)")
-    return mesh
+    if config.model.lora_impl not in LORA_IMPLS:
+        raise UserError(f"model.lora_impl={config.model.lora_impl!r}: choose one of {', '.join(LORA_IMPLS)}")
 
 
 def load_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh) -> store.Model:
     """The model of `path` with its base weights read straight into their shards, the runtime fields (remat,
-    attention) of the config applied."""
+    attention, LoRA path) of the config applied."""
     with out_of_memory(f"the base model in model.dtype={config.model.dtype} on {mesh.size} devices",
                        "model.dtype (bfloat16) or spread it over more devices (mesh.fsdp, mesh.tensor)"):
         model = store.load(path, dtype=config.model.dtype,
                            shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
-    cfg = model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl)
+    cfg = model.cfg.replace(remat=config.model.remat, attention_impl=config.model.attention_impl,
+                            lora_impl=config.model.lora_impl)
     if model.tokenizer_dir is None:
         raise UserError(f"model.path={path}: the model has no tokenizer files")
     return dataclasses.replace(model, cfg=cfg)

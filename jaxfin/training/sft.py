@@ -28,9 +28,12 @@ from jaxfin.training import distributed, loop, losses, multitask, session, shard
 def sft_config(config: ml_collections.ConfigDict, lcfg: Any) -> losses.SftConfig:
     if config.neftune.length not in neftune.LENGTHS:
         raise UserError(f"neftune.length={config.neftune.length!r}: choose one of {', '.join(neftune.LENGTHS)}")
+    if config.train.loss_backward not in losses.LOSS_BACKWARDS:
+        raise UserError(f"train.loss_backward={config.train.loss_backward!r}: choose one of "
+                        f"{', '.join(losses.LOSS_BACKWARDS)}")
     return losses.SftConfig(lora_scale=lcfg.scale, lora_dropout=lcfg.dropout,
                             neftune_alpha=float(config.neftune.alpha), neftune_length=config.neftune.length,
-                            loss_chunk=config.train.loss_chunk)
+                            loss_chunk=config.train.loss_chunk, loss_backward=config.train.loss_backward)
 
 
 def assets(config: ml_collections.ConfigDict) -> tuple[str, str, str | None]:

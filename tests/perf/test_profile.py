@@ -142,3 +142,48 @@ def test_cli_requires_random_weights(capsys):
         run_cli(profile_cli.main, ["--config", os.path.join(REPO, "configs", "tiny.py")])
     assert e.value.code == 2
     assert "error: --random-weights is required" in capsys.readouterr().err
+
+
+def test_parse_variant():
+    assert profile.parse_variant("model.remat=proj,train.loss_backward=f32") == [
+        ("model.remat", "proj"), ("train.loss_backward", "f32")]
+    # A comma starts a new pair only before KEY=: values may hold commas; the --config. prefix may be given.
+    assert profile.parse_variant("--config.lora.targets=q_proj,v_proj,lora.rank=8") == [
+        ("lora.targets", "q_proj,v_proj"), ("lora.rank", "8")]
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        profile.parse_variant("model.remat")
+
+
+def test_cli_variants_without_peer_and_decoder(tmp_path, capsys):
+    """--skip-peer --skip-decode --variant: the config's train step and a variant's (every fast path at once; in
+    f32 the same loss), decode and peer null."""
+    out = tmp_path / "r.json"
+    fast = "model.lora_impl=fused,train.loss_backward=compute,model.attention_impl=cudnn,model.remat=proj"
+    argv = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--random-weights", "--config.train.batch_size=2",
+            "--config.train.seq_len=32", "--config.model.lora_impl=f32", "--config.train.loss_backward=f32",
+            "--steps", "1", "--warmup", "0", "--devices", "1", "--skip-peer", "--skip-decode", "--variant", fast,
+            "--out", str(out)]
+    assert profile_cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"variant {fast}:" in printed
+    r = json.loads(out.read_text())
+    assert r["peer"] is None and set(r["decode"]) == SCHEMA["decode"] and not any(r["decode"].values())
+    assert "decoding skipped (--skip-decode)" in r["notes"] and "peer skipped (--skip-peer)" in r["notes"]
+    (v,) = r["variants"]
+    assert "error" not in v, v
+    assert v["overrides"] == {"model.lora_impl": "fused", "train.loss_backward": "compute",
+                              "model.attention_impl": "cudnn", "model.remat": "proj"}
+    assert set(v["train"]) == SCHEMA["train"] and v["train"]["tokens_per_sec"] > 0
+    assert (v["details"]["lora_impl"], v["details"]["remat"], r["details"]["train"]["lora_impl"]) == (
+        "fused", "proj", "f32")
+    assert v["details"]["loss"] == pytest.approx(r["details"]["train"]["loss"], rel=1e-5)
+    assert any("XLA ran, with the same masking" in n for n in v["notes"])
+    assert v["speedup"] == pytest.approx(v["train"]["tokens_per_sec"] / r["train"]["tokens_per_sec"])
+
+
+def test_cli_bad_variant_fails_before_running(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(profile_cli.main, ["--config", os.path.join(REPO, "configs", "tiny.py"), "--random-weights",
+                                   "--skip-peer", "--variant", "model.lora_impl=bf16"])
+    assert e.value.code == 2
+    assert "error: model.lora_impl='bf16': choose one of f32, compute, fused" in capsys.readouterr().err
