@@ -83,10 +83,15 @@ def bench_transformers(path: str, ids: list[int], batches: list[int], modes: lis
     return rows
 
 
+ON_ROW = []  # callbacks run after each measured row (main writes the JSON so far: a cut-short run keeps its rows)
+
+
 def _row(peer: str, mode: str, batch: int, new: int, times: list[float]) -> dict:
     row = {"peer": peer, "mode": mode, "batch": batch, "new_tokens": new,
            "tokens_per_sec": batch * new / statistics.median(times), "times_s": times}
     print(json.dumps(row), file=sys.stderr, flush=True)
+    for fn in ON_ROW:
+        fn(row)
     return row
 
 
@@ -109,20 +114,24 @@ def main() -> None:
     ids = list(tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_dict=True)["input_ids"])
     batches = [int(b) for b in args.batches.split(",")]
     modes, peers = args.modes.split(","), args.peers.split(",")
-    rows = []
-    if "jaxfin" in peers:
-        rows += bench_jaxfin(path, ids, batches, modes, args.new_tokens, args.repeats)
-    if "transformers" in peers:
-        rows += bench_transformers(path, ids, batches, modes, args.new_tokens, args.repeats)
     import jax
 
     result = {"model": "SmolLM2-135M-Instruct Q4_1 GGUF, dequantised to float32", "prompt_tokens": len(ids),
               "device": "cpu", "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "jax": jax.__version__, "transformers": transformers.__version__,
-              "load_average_at_end": os.getloadavg(), "note": args.note, "rows": rows}
+              "jax": jax.__version__, "transformers": transformers.__version__, "note": args.note, "rows": []}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+
+    def write(row: dict) -> None:
+        result["rows"].append(row)
+        result["load_average"] = os.getloadavg()
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    ON_ROW.append(write)
+    if "jaxfin" in peers:
+        bench_jaxfin(path, ids, batches, modes, args.new_tokens, args.repeats)
+    if "transformers" in peers:
+        bench_transformers(path, ids, batches, modes, args.new_tokens, args.repeats)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
