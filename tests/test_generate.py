@@ -13,6 +13,8 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from jaxfin import generate
 from jaxfin.errors import run_cli
+from jaxfin.infer import decode
+from jaxfin.infer.sampling import Sampling
 from jaxfin.io import store
 
 
@@ -158,3 +160,24 @@ def test_bad_input_is_one_error_line(dirs, tmp_path, capsys, model, lines, messa
     assert err.strip().splitlines()[-1].startswith(f"error: {os.path.join(tmp_path, message)}"), err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_num_samples_rows(dirs, tmp_path):
+    """--num-samples 2 with sampling flags: each row gets `samples` in sample order (and not the N = 1 fields),
+    the tokens decode.generate draws for (seed, line index, sample index)."""
+    out = tmp_path / "out.jsonl"
+    assert generate.main(["--model", dirs["with_tok"], "--prompts", dirs["prompts"], "--out", str(out),
+                          "--max-new-tokens", "8", "--temperature", "1.3", "--top-k", "40", "--top-p", "0.9",
+                          "--num-samples", "2", "--seed", "5"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    m = store.load(dirs["with_tok"])
+    ids = [generate.tokenize(r, dirs["tok"], "") for r in INPUTS]
+    want = decode.generate(m.params, m.cfg, ids, max_new_tokens=8, stop_ids=m.eos_ids, num_samples=2, seed=5,
+                           sampling=Sampling(temperature=1.3, top_k=40, top_p=0.9))  # the CLI's shapes: no compile
+    for rec, inp, samples in zip(got, INPUTS, want):
+        assert {k: rec[k] for k in inp} == inp and "completion_ids" not in rec and "finish_reason" not in rec
+        assert [(s["completion_ids"], s["finish_reason"]) for s in rec["samples"]] == [
+            (c.token_ids, c.finish_reason) for c in samples]
+        assert [s["completion"] for s in rec["samples"]] == [
+            dirs["tok"].decode(c.token_ids, skip_special_tokens=False) for c in samples]
+    assert any(r["samples"][0]["completion_ids"] != r["samples"][1]["completion_ids"] for r in got)

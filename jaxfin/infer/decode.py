@@ -108,6 +108,12 @@ def decode_loop(
     B = first_B.shape[0]
     out_BN = jnp.full((B, n_bucket), PAD_ID, jnp.int32).at[:, 0].set(jnp.where(done_B, PAD_ID, first_B))
     done_B = done_B | jnp.isin(first_B, stop_ids)
+    # Per-layer weights, adapters and caches, sliced once here: the loop body then reads the weights in place
+    # and writes each new token's keys/values into its layer's cache in place (see decoder.decoder_step).
+    L = cfg.num_layers
+    layers = model.layer_list(params["layers"], L)
+    adapters = model.layer_list(None if lora is None else lora["layers"], L)
+    cache = model.layer_list(cache, L)
 
     def cond(state: tuple) -> jax.Array:
         i, _, done_B, _, _ = state
@@ -116,8 +122,8 @@ def decode_loop(
     def body(state: tuple) -> tuple:
         i, tok_B, done_B, out_BN, cache = state
         positions_B1 = (lengths_B + i - 1)[:, None]
-        h_B1D, cache = model.decoder(params, model.embed(params, tok_B[:, None], cfg), positions_B1, cfg,
-                                     lora=lora, lora_scale=lora_scale, cache=cache)
+        h_B1D, cache = model.decoder_step(params, layers, model.embed(params, tok_B[:, None], cfg), positions_B1,
+                                          cfg, cache, adapters=adapters, lora_scale=lora_scale)
         next_B = _next_token(params, h_B1D, cfg, draw, i, top_k)
         out_BN = jax.lax.dynamic_update_slice(out_BN, jnp.where(done_B, PAD_ID, next_B)[:, None], (0, i))
         done_B = done_B | jnp.isin(next_B, stop_ids)

@@ -235,6 +235,43 @@ def decoder(
     return rms_norm(x_BTD, params["final_norm_D"], cfg.rms_norm_eps), new_cache
 
 
+def layer_list(tree: Params | None, num_layers: int) -> list[Params | None]:
+    """The per-layer slices of a stacked [L, ...] pytree (params["layers"], lora["layers"], a cache), as L
+    separate pytrees; [None] * L for None. Sliced once outside a decode loop, they are ordinary buffers the loop
+    reads in place, where a scan over the stacked arrays would copy each layer's slice out every token."""
+    if tree is None:
+        return [None] * num_layers
+    return [jax.tree.map(lambda a, l=l: a[l], tree) for l in range(num_layers)]
+
+
+def decoder_step(
+    params: Params,
+    layers: list[Params],
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    cfg: ModelConfig,
+    cache: list[Params],
+    *,
+    adapters: list[Params | None] | None = None,
+    lora_scale: float = 1.0,
+) -> tuple[jax.Array, list[Params]]:
+    """`decoder` with a cache, for the decode loop: the layers unrolled over per-layer weights and per-layer
+    caches (`layer_list` of params["layers"], lora["layers"] and the cache), so each layer writes only the new
+    tokens' slots of its own cache in place and nothing is sliced or re-stacked per token. The same arithmetic
+    as `decoder` (each layer is `_layer`). Returns (hidden [B, T, D], the updated per-layer caches)."""
+    x_BTD = x_BTD.astype(cfg.compute_dtype)
+    cos_sin = rope.cos_sin(positions_BT, cfg, cfg.compute_dtype)
+    mask = attention_mask(positions_BT, None, cache[0]["k"].shape[1])
+    start_B = positions_BT[:, 0]
+    adapters = adapters or [None] * len(layers)
+    new_cache = []
+    for layer, ad, layer_cache in zip(layers, adapters, cache):
+        x_BTD, layer_cache = _layer(x_BTD, layer, ad, cos_sin, mask, layer_cache, start_B, None, cfg,
+                                    (lora_scale, 0.0))
+        new_cache.append(layer_cache)
+    return rms_norm(x_BTD, params["final_norm_D"], cfg.rms_norm_eps), new_cache
+
+
 def output_embedding(params: Params, cfg: ModelConfig) -> jax.Array:
     """The [V, D] output projection (the input embedding when tied)."""
     return params["embed_VD"] if cfg.tie_word_embeddings else params["lm_head_VD"]
