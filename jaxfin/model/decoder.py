@@ -261,7 +261,7 @@ def decoder_step(
     as `decoder` (each layer is `_layer`). Returns (hidden [B, T, D], the updated per-layer caches)."""
     x_BTD = x_BTD.astype(cfg.compute_dtype)
     cos_sin = rope.cos_sin(positions_BT, cfg, cfg.compute_dtype)
-    mask = attention_mask(positions_BT, None, cache[0]["k"].shape[1])
+    mask = attention_masking(positions_BT, None, cache[0]["k"].shape[1], cfg)
     start_B = positions_BT[:, 0]
     adapters = adapters or [None] * len(layers)
     new_cache = []
