@@ -21,7 +21,7 @@ from jaxfin.io.files import check_writable
 from jaxfin.model import decoder, neftune
 from jaxfin.model.config import ATTENTION_IMPLS, DTYPES, LORA_IMPLS
 from jaxfin.model.params import LORA_TARGETS
-from jaxfin.training import losses, preference, reference
+from jaxfin.training import losses
 
 Rule = Callable[[Any], "str | None"]  # the value -> what it must be (the message), or None when it is fine
 
@@ -117,13 +117,6 @@ RULES: dict[str, Rule] = {
     "data.mixture": parsed_by(mixture.parse_mixture),
     "data.schedule": one_of(mixture.SCHEDULES),
     "data.train_subset": parsed_by(subset.parse),
-    "data.pairs": optional(text),
-    "eval.tasks": parsed_by(suite.task_names),
-    "dpo.init": one_of(reference.MODES),
-    "dpo.loss_type": one_of(preference.LOSS_TYPES),
-    "dpo.beta": number(0.0, low_open=True),
-    "dpo.label_smoothing": number(0.0, 0.5, high_open=True),
-    "dpo.precompute_ref": boolean,
     "train.steps": integer(0, "a non-negative integer", " (0 = train.epochs over the data)"),
     "train.epochs": NON_NEGATIVE_INT,
     "train.batch_size": POSITIVE_INT,

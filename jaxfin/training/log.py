@@ -92,13 +92,14 @@ def eval_scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def log_eval(wd: str, step: int, metrics: dict[str, Any]) -> None:
     """An evaluation at `step` (0: before training) into metrics.jsonl, as {"step", "eval": scores}, and into
-    TensorBoard as eval/<metric> (the interval as eval/<metric>_lo and _hi). Process 0 only."""
+    TensorBoard as eval/<metric> (the interval as eval/<metric>_lo and _hi) under WORKDIR/tb/eval, beside the
+    training events in WORKDIR/tb (one event file per evaluation there). Process 0 only."""
     if jax.process_index() != 0:
         return
     scores = eval_scalars(metrics)
     with workdir.open_metrics(wd) as f, writing(f.name):
         f.write(json.dumps({"step": step, "eval": scores}) + "\n")
-    tb = SummaryWriter(os.path.join(wd, "tb"))
+    tb = SummaryWriter(os.path.join(wd, "tb", "eval"))
     for k, v in scores.items():
         if isinstance(v, list):
             tb.add_scalar(f"eval/{k}_lo", v[0], step)

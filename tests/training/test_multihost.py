@@ -146,7 +146,7 @@ def _two_processes(assets, wd, steps, log, *, slurm: bool) -> list[str]:
 
 def _logged(wd) -> list[dict]:
     with open(os.path.join(wd, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        return [r for r in map(json.loads, f) if "loss" in r]  # training rows (evaluation rows carry "eval")
 
 
 def _predictions(path) -> list[str]:
