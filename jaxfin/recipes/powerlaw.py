@@ -31,10 +31,11 @@ Either every point has counts or none has: with none (e.g. `--fit-only` from n_e
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from jaxfin.io.files import atomic_write
 
 COUNTS = "counts"
 AVERAGES = ("micro", "macro", "weighted")
@@ -260,21 +261,7 @@ def plot(fit_result: Mapping[str, Any], path: str) -> None:
     ax.set_title(title + f"), R² {fit_result['r2']:.3f}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-
-
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """write(tmp) then rename over `path`: a reader never sees a half-written file (io/files.py's job once the
-    restructure lands)."""
-    head, tail = os.path.split(os.path.abspath(path))
-    os.makedirs(head, exist_ok=True)
-    tmp = os.path.join(head, f".{tail}.tmp-{os.getpid()}")  # same directory: the rename cannot cross filesystems
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:

@@ -195,6 +195,7 @@ def test_nested_subsets():
 def test_plot_written(tmp_path):
     rng = np.random.default_rng(1)
     r = powerlaw.fit(simulated_points(rng, 0.28, math.log(1.5)))
+    (tmp_path / "sub").mkdir()  # an output's folder must exist (io/files.atomic_write does not make it)
     for name, result in [("boot.png", r), ("plain.png", powerlaw.fit(noisy_points())),
                          ("reloaded.png", json.loads(json.dumps(r)))]:
         path = tmp_path / "sub" / name
