@@ -58,6 +58,17 @@ def out_of_memory(what: str, keys: str) -> Iterator[None]:
         raise UserError(f"out of device memory: {what} did not fit{_oom_size(text)}; lower {keys}") from e
 
 
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The boundary of the error rule: a core ValueError (a reader's file:line message) becomes a UserError line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def positive_int(s: str) -> int:
     """argparse type of a count flag (--batch-size, --max-new-tokens): an integer >= 1."""
     if not s.isdigit() or int(s) < 1:

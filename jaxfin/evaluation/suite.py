@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from jaxfin import tasks
-from jaxfin.errors import UserError
+from jaxfin.errors import UserError, user_errors
 from jaxfin.evaluation import predict, report
 from jaxfin.io import store
 from jaxfin.io.files import read_json, write_json, write_text
@@ -53,12 +53,8 @@ def task_names(spec: str | Sequence[str]) -> list[str]:
 
 def read_examples(task: Task, path: str) -> list[Example]:
     """task.read(path) with the reader's file:line errors as UserError."""
-    try:
+    with user_errors():
         examples = task.read(path)
-    except UserError:
-        raise
-    except ValueError as e:
-        raise UserError(str(e)) from None
     if not examples:
         raise UserError(f"{path}: no examples")
     return examples
@@ -71,12 +67,8 @@ def load_job(name: str, split: str, *, data: str | None = None, max_examples: in
     with the entity types `fire_types`, default those of the data (the whole file, so a prefix keeps them all)."""
     if name == "fire":
         path = data or tasks.get("fire").files[split if split != "test" else "valid"]
-        try:
+        with user_errors():
             examples = ner.load_examples(path)
-        except UserError:
-            raise
-        except ValueError as e:
-            raise UserError(str(e)) from None
         task = tasks.get("fire", types=list(fire_types) if fire_types else ner.entity_types(examples))
     else:
         task = tasks.get(name)

@@ -20,7 +20,7 @@ import unicodedata
 import warnings
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from jaxfin.errors import UserError
+from jaxfin.errors import UserError, user_errors
 from jaxfin.io import hub
 from jaxfin.io.files import open_text, read_jsonl, reading
 from jaxfin.tasks import finer_ord
@@ -156,12 +156,8 @@ def _read_finben(path: str) -> Iterator[tuple[str, Example]]:
 
 def _read_finer_ord(path: str) -> Iterator[tuple[str, Example]]:
     """FiNER-ORD's token CSV or derived sentence JSONL, read by the finer_ord task (its one reader of the format)."""
-    try:
+    with user_errors():
         sentences = finer_ord.read_numbered(path)
-    except UserError:
-        raise
-    except ValueError as e:
-        raise UserError(str(e)) from None
     return _bio_examples([(f"{path}:{lineno}", ex["id"], ex["tokens"], ex["label"]) for lineno, ex in sentences])
 
 
